@@ -1,0 +1,36 @@
+"""Reading and writing Caffe's files: prototxt nets and solvers (upgraded
+from V0/V1 to the modern form on the way in), binary .caffemodel and
+.binaryproto files."""
+import os
+
+from ..proto import caffe_pb2
+from .caffemodel import (CaffemodelError, array_to_blob, blob_matches, blob_shape,  # noqa: F401
+                         blob_to_array, read_binary, read_blobproto, write_binary,
+                         write_blobproto)
+from .text import PrototxtError, parse_text, read_text, to_text, write_text  # noqa: F401
+from .upgrade import net_needs_upgrade, upgrade_net, upgrade_solver
+
+
+def _is_binary(path):
+    return os.fspath(path).endswith((".caffemodel", ".binaryproto", ".pb"))
+
+
+def read_net(path):
+    """A net prototxt (or binary caffemodel) as a modern NetParameter."""
+    path = os.fspath(path)
+    reader = read_binary if _is_binary(path) else read_text
+    return upgrade_net(reader(path, caffe_pb2.NetParameter()), source=path)
+
+
+def read_solver(path):
+    """A solver prototxt as a modern SolverParameter."""
+    path = os.fspath(path)
+    return upgrade_solver(read_text(path, caffe_pb2.SolverParameter()), source=path)
+
+
+def read_weights(path):
+    """A .caffemodel as a modern NetParameter (V1 `layers` upgraded)."""
+    path = os.fspath(path)
+    param = read_binary(path, caffe_pb2.NetParameter())
+    # Upgrading copies the message: skip it for modern files (weights can be 200 MB+).
+    return upgrade_net(param, source=path) if net_needs_upgrade(param) else param

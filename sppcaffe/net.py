@@ -1,0 +1,480 @@
+"""Net: a NetParameter turned into layers connected by blobs.
+
+Follows Caffe's Net::Init step by step, because users depend on its exact
+behaviour: phase/level/stage filtering, automatic Split layers for blobs
+read by several layers, in-place layers, weight sharing by param name,
+loss weights, and the rules deciding which layers need backward.
+"""
+import collections
+import os
+
+import numpy as np
+
+from . import io
+from .blob import Blob
+from .io.caffemodel import blob_matches, blob_shape, blob_to_array
+from .layer import LayerError, create_layer
+from .proto import caffe_pb2
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+
+# ---------------------------------------------------------------------------
+# Filtering by NetState (Caffe's FilterNet / StateMeetsRule)
+# ---------------------------------------------------------------------------
+def state_meets_rule(state, rule):
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_net(param):
+    """A copy of `param` keeping only the layers its `state` includes."""
+    filtered = caffe_pb2.NetParameter()
+    filtered.CopyFrom(param)
+    del filtered.layer[:]
+    for layer in param.layer:
+        if len(layer.include) and len(layer.exclude):
+            raise LayerError(f"layer '{layer.name}': specify either include rules or exclude "
+                             "rules, not both")
+        included = len(layer.include) == 0
+        if any(state_meets_rule(param.state, r) for r in layer.exclude):
+            included = False
+        if any(state_meets_rule(param.state, r) for r in layer.include):
+            included = True
+        if included:
+            filtered.layer.add().CopyFrom(layer)
+    return filtered
+
+
+# ---------------------------------------------------------------------------
+# Automatic Split layers (Caffe's InsertSplits)
+# ---------------------------------------------------------------------------
+def split_layer_name(layer_name, blob_name, top_index):
+    return f"{blob_name}_{layer_name}_{top_index}_split"
+
+
+def split_blob_name(layer_name, blob_name, top_index, split_index):
+    return f"{split_layer_name(layer_name, blob_name, top_index)}_{split_index}"
+
+
+def insert_splits(param):
+    """A copy of `param` where every top read by more than one bottom (or
+    read once and also carrying an explicit loss weight) feeds a Split
+    layer whose outputs go one to each reader."""
+    last_top = {}            # blob name -> (layer index, top index) of its latest writer
+    source = {}              # (layer, bottom index) -> (layer, top index)
+    readers = collections.Counter()
+    loss_weight = {}
+    for i, layer in enumerate(param.layer):
+        for j, name in enumerate(layer.bottom):
+            if name not in last_top:
+                raise LayerError(f"layer '{layer.name}': unknown bottom blob '{name}' "
+                                 f"(bottom index {j}); no earlier layer produces it")
+            source[i, j] = last_top[name]
+            readers[last_top[name]] += 1
+        for j, name in enumerate(layer.top):
+            last_top[name] = (i, j)
+        for j in range(min(len(layer.loss_weight), len(layer.top))):
+            top = last_top[layer.top[j]]
+            loss_weight[top] = layer.loss_weight[j]
+            if layer.loss_weight[j]:
+                readers[top] += 1
+
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    next_split = collections.Counter()
+    for i, layer in enumerate(param.layer):
+        new = out.layer.add()
+        new.CopyFrom(layer)
+        for j in range(len(new.bottom)):
+            top = source[i, j]
+            if readers[top] > 1:
+                writer = param.layer[top[0]].name
+                new.bottom[j] = split_blob_name(writer, new.bottom[j], top[1], next_split[top])
+                next_split[top] += 1
+        for j, name in enumerate(layer.top):
+            count = readers[i, j]
+            if count <= 1:
+                continue
+            split = out.layer.add()
+            split.name = split_layer_name(layer.name, name, j)
+            split.type = "Split"
+            split.bottom.append(name)
+            weight = loss_weight.get((i, j), 0.0)
+            for k in range(count):
+                split.top.append(split_blob_name(layer.name, name, j, k))
+                if weight:
+                    split.loss_weight.append(weight if k == 0 else 0.0)
+            if weight:
+                del new.loss_weight[:]
+                next_split[i, j] += 1
+    return out
+
+
+class Net:
+    """A runnable network, with pycaffe's interface.
+
+    ``Net(prototxt, phase, weights=None, level=0, stages=())`` or the older
+    ``Net(prototxt, weights, phase)``.  `prototxt` may also be a
+    NetParameter.  `data_shapes` gives the top shapes of data layers whose
+    sources are not available (they then act as inputs fed from Python).
+    """
+
+    def __init__(self, network, phase=None, weights=None, level=0, stages=(),
+                 data_shapes=None):
+        if isinstance(phase, (str, os.PathLike)):        # Net(file, weights, phase)
+            phase, weights = weights, phase
+        if phase not in (TRAIN, TEST):
+            raise ValueError("Net needs a phase: sppcaffe.TRAIN or sppcaffe.TEST")
+        if isinstance(network, caffe_pb2.NetParameter):
+            param = io.upgrade_net(network)
+            self.source = "<NetParameter>"
+        else:
+            self.source = os.fspath(network)
+            param = io.read_net(network)
+        param.state.phase = phase
+        if level:
+            param.state.level = level
+        param.state.stage.extend(s for s in stages if s not in param.state.stage)
+        self.phase = phase
+        self.name = param.name
+        self.data_shapes = dict(data_shapes or {})
+        filtered = filter_net(param)
+        with_splits = insert_splits(filtered)
+        self._auto_splits = ({lp.name for lp in with_splits.layer}
+                             - {lp.name for lp in filtered.layer})
+        self._build(with_splits, param.force_backward)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------------
+    # Construction
+    # ------------------------------------------------------------------
+    def _build(self, param, force_backward):
+        self.param = param
+        self.layers, self._layer_names = [], []
+        self.blobs = collections.OrderedDict()
+        self.bottom_vecs, self.top_vecs = [], []
+        self._bottom_names, self._top_names = [], []
+        self.inputs = []
+        self.layer_loss_weights = []       # per layer: list of per-top weights
+        blob_need_backward = {}
+        available = set()
+        self.bottom_need_backward, self.layer_need_backward = [], []
+        self._param_owner = {}             # param name -> (layer index, param index)
+        self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
+        self._has_lr, self._has_decay = [], []
+        self._learnable_index = {}         # id(owner Blob) -> index in learnable_params
+
+        for li, lp in enumerate(param.layer):
+            if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
+                raise LayerError(f"layer '{lp.name}': propagate_down must be given once per "
+                                 f"bottom ({len(lp.bottom)}), got {len(lp.propagate_down)}")
+            layer = create_layer(lp, self.phase)
+            layer.net_data_shapes = self.data_shapes
+            bottoms, bottom_need = [], []
+            need_backward = False
+            for j, name in enumerate(lp.bottom):
+                if name not in available:
+                    raise LayerError(f"layer '{lp.name}': unknown bottom blob '{name}' "
+                                     f"(bottom index {j})")
+                available.discard(name)
+                bottoms.append(self.blobs[name])
+                need = blob_need_backward[name]
+                need_backward |= need
+                bottom_need.append(bool(lp.propagate_down[j]) if lp.propagate_down else need)
+            tops = []
+            for j, name in enumerate(lp.top):
+                if j < len(lp.bottom) and name == lp.bottom[j]:
+                    tops.append(self.blobs[name])           # in place
+                elif name in self.blobs:
+                    raise LayerError(f"layer '{lp.name}': top blob '{name}' is produced by "
+                                     "multiple sources")
+                else:
+                    blob = Blob(name=name)
+                    self.blobs[name] = blob
+                    tops.append(blob)
+                    if lp.type == "Input":
+                        self.inputs.append(name)
+                available.add(name)
+            try:
+                layer.setup(bottoms, tops)
+            except LayerError:
+                raise
+            except (ValueError, IndexError, TypeError) as err:
+                raise LayerError(f"layer '{lp.name}' ({lp.type}): {err}") from err
+            self.layer_loss_weights.append(self._loss_weights(layer, lp, len(tops)))
+            need_backward |= self._append_params(li, layer, lp)
+            for name in lp.top:
+                blob_need_backward[name] = need_backward
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self._bottom_names.append(list(lp.bottom))
+            self._top_names.append(list(lp.top))
+            self.bottom_need_backward.append(bottom_need)
+            self.layer_need_backward.append(need_backward)
+
+        self._prune_backward()
+        if force_backward:
+            for li, layer in enumerate(self.layers):
+                self.layer_need_backward[li] = True
+                need = self.bottom_need_backward[li]
+                for j in range(len(need)):
+                    need[j] = need[j] or layer.allow_force_backward(j)
+                layer.param_propagate_down = [True] * len(layer.blobs)
+        # Caffe keeps outputs in a std::set: sorted by name.
+        self.outputs = sorted(available)
+        self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers))
+        self.top_names = collections.OrderedDict(zip(self._layer_names, self._top_names))
+        self.bottom_names = collections.OrderedDict(zip(self._layer_names, self._bottom_names))
+        self._loss_tops = [(top, w) for tops, ws in zip(self.top_vecs, self.layer_loss_weights)
+                           for top, w in zip(tops, ws) if w]
+
+    @staticmethod
+    def _loss_weights(layer, lp, num_top):
+        if len(lp.loss_weight):
+            if len(lp.loss_weight) != num_top:
+                raise layer.error(f"loss_weight must be unspecified or given once per top "
+                                  f"({num_top}), got {len(lp.loss_weight)}")
+            return list(lp.loss_weight)
+        if layer.is_loss or lp.type.endswith("Loss"):
+            return [1.0] + [0.0] * (num_top - 1)
+        return [0.0] * num_top
+
+    def _append_params(self, li, layer, lp):
+        """Register the layer's parameter blobs, sharing named ones; return
+        whether any of them learns (lr_mult != 0)."""
+        any_learns = False
+        layer.param_propagate_down = []
+        for pi, blob in enumerate(layer.blobs):
+            spec = lp.param[pi] if pi < len(lp.param) else caffe_pb2.ParamSpec()
+            learns = spec.lr_mult != 0
+            layer.param_propagate_down.append(learns)
+            any_learns |= learns
+            name = spec.name
+            if not name or name not in self._param_owner:
+                if name:
+                    self._param_owner[name] = (li, pi)
+                self._learnable_index[id(blob)] = len(self.learnable_params)
+                self.learnable_params.append(blob)
+                self._has_lr.append(spec.HasField("lr_mult"))
+                self._has_decay.append(spec.HasField("decay_mult"))
+                self.params_lr.append(spec.lr_mult)
+                self.params_weight_decay.append(spec.decay_mult)
+                continue
+            oli, opi = self._param_owner[name]
+            owner_layer = self.layers[oli] if oli < len(self.layers) else layer
+            owner = owner_layer.blobs[opi]
+            if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+                if owner.count != blob.count:
+                    raise layer.error(
+                        f"cannot share param '{name}' owned by layer '{owner_layer.name}': count "
+                        f"mismatch; owner shape {owner.shape}, this shape {blob.shape}")
+            elif owner.shape != blob.shape:
+                raise layer.error(
+                    f"cannot share param '{name}' owned by layer '{owner_layer.name}': shape "
+                    f"mismatch; owner shape {owner.shape}, this shape {blob.shape}")
+            if owner.shape == blob.shape:
+                layer.blobs[pi] = owner
+            else:
+                blob.view_of(owner, blob.shape)
+            k = self._learnable_index[id(owner)]
+            for has, values, field in ((self._has_lr, self.params_lr, "lr_mult"),
+                                       (self._has_decay, self.params_weight_decay, "decay_mult")):
+                if not spec.HasField(field):
+                    continue
+                if has[k] and values[k] != getattr(spec, field):
+                    raise layer.error(f"shared param '{name}' has mismatched {field}")
+                has[k], values[k] = True, getattr(spec, field)
+        return any_learns
+
+    def _prune_backward(self):
+        """Caffe's rule: layers whose tops reach no loss skip backward, and
+        so do layers none of whose tops needs a gradient."""
+        under_loss, skip = set(), set()
+        for li in range(len(self.layers) - 1, -1, -1):
+            contributes = False
+            skip_down = True
+            for name, w in zip(self._top_names[li], self.layer_loss_weights[li]):
+                if w or name in under_loss:
+                    contributes = True
+                if name not in skip:
+                    skip_down = False
+                if contributes and not skip_down:
+                    break
+            need = self.bottom_need_backward[li]
+            if self.layer_need_backward[li] and skip_down:
+                self.layer_need_backward[li] = False
+                need[:] = [False] * len(need)
+            if not contributes:
+                self.layer_need_backward[li] = False
+            for j, name in enumerate(self._bottom_names[li]):
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    need[j] = False
+                if not need[j]:
+                    skip.add(name)
+
+    # ------------------------------------------------------------------
+    # pycaffe-style accessors
+    # ------------------------------------------------------------------
+    @property
+    def params(self):
+        return collections.OrderedDict(
+            (name, layer.blobs) for name, layer in self.layer_dict.items() if layer.blobs)
+
+    @property
+    def blob_loss_weights(self):
+        weights = collections.OrderedDict((name, 0.0) for name in self.blobs)
+        for names, ws in zip(self._top_names, self.layer_loss_weights):
+            for name, w in zip(names, ws):
+                weights[name] = w
+        return weights
+
+    def _index(self, layer_name, default):
+        if layer_name is None:
+            return default
+        try:
+            return self._layer_names.index(layer_name)
+        except ValueError:
+            raise KeyError(f"net '{self.name}' has no layer '{layer_name}'") from None
+
+    # ------------------------------------------------------------------
+    # Running
+    # ------------------------------------------------------------------
+    def reshape(self):
+        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
+            layer.reshape(bottom, top)
+
+    def _set_inputs(self, inputs):
+        for name, value in inputs.items():
+            if name not in self.blobs:
+                raise KeyError(f"net '{self.name}' has no blob '{name}' to feed")
+            blob = self.blobs[name]
+            value = np.asarray(value)
+            if value.shape != blob.shape:
+                blob.reshape(value.shape)
+            blob.data[...] = value
+
+    def forward_from_to(self, start=0, end=None):
+        """Run layers start..end (inclusive); return the weighted loss."""
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for li in range(start, end + 1):
+            layer, bottom, top = self.layers[li], self.bottom_vecs[li], self.top_vecs[li]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            for blob, w in zip(top, self.layer_loss_weights[li]):
+                if w:
+                    loss += w * float(blob.data.sum(dtype=np.float64))
+        return loss
+
+    def forward(self, blobs=None, start=None, end=None, **inputs):
+        """Feed `inputs` (name=array), run forward, return {output: data}."""
+        self._set_inputs(inputs)
+        start_i = self._index(start, 0)
+        end_i = self._index(end, len(self.layers) - 1)
+        self.loss = self.forward_from_to(start_i, end_i)
+        names = set(self._top_names[end_i]) if end is not None else set(self.outputs)
+        names.update(blobs or ())
+        return {name: self.blobs[name].data for name in sorted(names)}
+
+    def backward_from_to(self, start=None, end=0):
+        start = len(self.layers) - 1 if start is None else start
+        for blob, w in self._loss_tops:
+            blob.diff[...] = w
+        for li in range(start, end - 1, -1):
+            if not self.layer_need_backward[li]:
+                continue
+            layer = self.layers[li]
+            frozen = [(p, p.diff.copy()) for p, learns in zip(layer.blobs, layer.param_propagate_down)
+                      if not learns]
+            layer.backward(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
+            for p, saved in frozen:        # lr_mult 0: Caffe computes no gradient
+                p.diff[...] = saved
+
+    def backward(self, diffs=None, start=None, end=None, **top_diffs):
+        """Set output diffs (name=array), run backward, return {input: diff}."""
+        for name, value in top_diffs.items():
+            if name not in self.blobs:
+                raise KeyError(f"net '{self.name}' has no blob '{name}'")
+            self.blobs[name].diff[...] = value
+        start_i = self._index(start, len(self.layers) - 1)
+        end_i = self._index(end, 0)
+        self.backward_from_to(start_i, end_i)
+        names = list(self.inputs) + [d for d in (diffs or ()) if d not in self.inputs]
+        return {name: self.blobs[name].diff for name in names}
+
+    def forward_backward(self):
+        """One forward and backward pass over the whole net; the loss."""
+        self.loss = self.forward_from_to()
+        self.backward_from_to()
+        return self.loss
+
+    def clear_param_diffs(self):
+        for p in self.learnable_params:
+            p.diff[...] = 0
+
+    # ------------------------------------------------------------------
+    # Weights
+    # ------------------------------------------------------------------
+    def copy_from(self, weights):
+        """Copy parameters from a .caffemodel (path or NetParameter) by
+        layer name, as Caffe's CopyTrainedLayersFrom: unknown source layers
+        are ignored; a blob count or shape mismatch is an error naming the
+        layer and both shapes."""
+        if isinstance(weights, caffe_pb2.NetParameter):
+            source, src = "<NetParameter>", io.upgrade_net(weights)
+        else:
+            source, src = os.fspath(weights), io.read_weights(weights)
+        for lp in src.layer:
+            layer = self.layer_dict.get(lp.name)
+            if layer is None or not len(lp.blobs):
+                continue
+            if len(lp.blobs) != len(layer.blobs):
+                raise LayerError(f"{source}: layer '{lp.name}' has {len(lp.blobs)} parameter "
+                                 f"blobs in the weights but {len(layer.blobs)} in the net")
+            for i, (bp, target) in enumerate(zip(lp.blobs, layer.blobs)):
+                if not blob_matches(bp, target.shape):
+                    raise LayerError(
+                        f"{source}: cannot copy param {i} of layer '{lp.name}': shape mismatch; "
+                        f"weights have {blob_shape(bp)}, the net expects {target.shape}")
+                target.data[...] = blob_to_array(bp, shape=target.shape)
+
+    def to_proto(self, write_diff=False):
+        """The net's definition with its parameters, as Caffe's Net::ToProto
+        (automatic Split layers left out)."""
+        out = caffe_pb2.NetParameter()
+        out.name = self.name
+        for layer in self.layers:
+            if layer.name in self._auto_splits:
+                continue
+            lp = out.layer.add()
+            lp.CopyFrom(layer.param)
+            del lp.blobs[:]
+            for blob in layer.blobs:
+                io.array_to_blob(blob.data, lp.blobs.add(), blob.diff if write_diff else None)
+        return out
+
+    def save(self, path):
+        """Write the parameters as a binary .caffemodel (temp file + rename)."""
+        io.write_binary(self.to_proto(), path)
+
+    def __repr__(self):
+        return f"<Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} " \
+               f"layers={len(self.layers)}>"

@@ -1,0 +1,62 @@
+"""Whole nets against BVLC Caffe: every blob's data and diff, every
+parameter and gradient (fixtures made by the real Caffe)."""
+import numpy as np
+import pytest
+
+import sppcaffe
+from golden_util import DATA_TOL, DIFF_TOL, assert_close, case_path, load_expected
+
+NET_CASES = ["conv", "pool", "spp_caffe", "lrn", "fc_act", "loss", "graph", "zf5_spp_small"]
+
+
+def run_case(case):
+    expected = load_expected(case)
+    net = sppcaffe.Net(case_path(case, "net.prototxt"), sppcaffe.TEST,
+                       weights=case_path(case, "weights.caffemodel"))
+    inputs = {k.split("/", 1)[1]: v for k, v in expected.items() if k.startswith("input/")}
+    net.forward(**inputs)
+    forward = {name: blob.data.copy() for name, blob in net.blobs.items()}
+    for key, value in expected.items():
+        if key.startswith("topdiff/"):
+            net.blobs[key.split("/", 1)[1]].diff[...] = value
+    net.backward()
+    return net, expected, forward
+
+
+@pytest.mark.parametrize("case", NET_CASES)
+def test_net_matches_caffe(case):
+    net, expected, forward = run_case(case)
+    compared = 0
+    for key, ref in expected.items():
+        kind, _, name = key.partition("/")
+        if kind == "data":
+            assert_close(forward[name], ref, DATA_TOL, f"{case} data of blob '{name}'")
+        elif kind == "diff":
+            assert_close(net.blobs[name].diff, ref, DIFF_TOL, f"{case} diff of blob '{name}'")
+        elif kind in ("param", "grad"):
+            layer, index = name.rsplit("/", 1)
+            blob = net.params[layer][int(index)]
+            if kind == "param":
+                assert_close(blob.data, ref, DATA_TOL, f"{case} param {name}")
+            else:
+                assert_close(blob.diff, ref, DIFF_TOL, f"{case} gradient {name}")
+        else:
+            continue
+        compared += 1
+    assert compared > 0
+
+
+def test_graph_shares_one_gradient_between_layers():
+    net, expected, _ = run_case("graph")
+    a, b = net.params["conv_a"], net.params["conv_b"]
+    assert a[0] is b[0] and a[1] is b[1]
+    assert len(net.learnable_params) == 6      # shared_w, shared_b, fc w/b, fc2 w/b
+
+
+def test_graph_split_blobs_and_loss_weights():
+    net, _, _ = run_case("graph")
+    assert "fc_fc_0_split_0" in net.blobs
+    weights = net.blob_loss_weights
+    assert weights["loss"] == 1.0 and weights["loss2"] == pytest.approx(0.3)
+    assert weights["aux"] == pytest.approx(0.5)
+    np.testing.assert_allclose(net.blobs["aux"].diff, 0.5)
