@@ -101,11 +101,21 @@ def test_force_backward_reaches_inputs():
 
 
 def test_frozen_params_get_no_gradient():
-    net = make_net(TWO_HEADS.format(force="true", lr=0))
+    net = make_net(TWO_HEADS.format(force="false", lr=0))
     feed(net)
     net.forward()
     net.backward()
     assert not net.params["fc"][0].diff.any()
+    assert not dict(zip(net._layer_names, net.layer_need_backward))["fc"]
+
+
+def test_force_backward_computes_frozen_gradients_as_caffe():
+    # Caffe's force_backward also turns on param_propagate_down for every param.
+    net = make_net(TWO_HEADS.format(force="true", lr=0))
+    feed(net)
+    net.forward()
+    net.backward()
+    assert np.abs(net.params["fc"][0].diff).sum() > 0
     assert np.abs(net.blobs["data"].diff).sum() > 0
 
 
@@ -119,7 +129,7 @@ def test_loss_weight_defaults_and_forward_loss():
 
 
 def test_propagate_down_false_stops_gradient():
-    text = TWO_HEADS.format(force="true", lr=1).replace(
+    text = TWO_HEADS.format(force="false", lr=1).replace(
         'bottom: "fc" bottom: "label" top: "loss"',
         'bottom: "fc" bottom: "label" top: "loss" propagate_down: false propagate_down: false')
     net = make_net(text)
