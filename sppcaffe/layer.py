@@ -45,6 +45,15 @@ def create_layer(param, phase):
     return cls(param, phase)
 
 
+def canonical_axis(layer, axis, shape):
+    """Caffe's Blob::CanonicalAxisIndex: a negative axis counts from the
+    end; anything outside [-ndim, ndim) is an error naming the layer."""
+    ndim = len(shape)
+    if not -ndim <= axis < ndim:
+        raise layer.error(f"axis {axis} out of range for {ndim}-D blob with shape {tuple(shape)}")
+    return axis + ndim if axis < 0 else axis
+
+
 class Layer:
     type = None
     # Arity: None means "no constraint".

@@ -42,13 +42,14 @@ def check_gradient(layer, bottom, top, check_bottom=None, check_params=True,
     if check_bottom is None:
         check_bottom = list(range(len(bottom)))
 
-    # Analytic gradient.
-    for t, w in zip(top, weights):
-        t.diff[...] = w
-    for p in layer.blobs:
-        p.diff[...] = 0
+    # Analytic gradient.  Bottom diffs are cleared before the top diffs are
+    # set, because view layers (Flatten, Reshape) share one diff array.
     for b in bottom:
         b.diff[...] = 0
+    for p in layer.blobs:
+        p.diff[...] = 0
+    for t, w in zip(top, weights):
+        t.diff[...] = w
     propagate = [i in check_bottom for i in range(len(bottom))]
     layer.backward(top, propagate, bottom)
     targets = [(f"bottom[{i}]", bottom[i], bottom[i].diff.astype(np.float64).copy())

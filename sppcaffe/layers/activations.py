@@ -1,0 +1,146 @@
+"""Elementwise activation layers: ReLU, Sigmoid, TanH, Dropout.
+
+All of them may run in place (top is bottom).  Their backward passes read
+only the top data (or, for ReLU, the bottom data whose sign equals the
+top's) and compute every temporary before writing the bottom diff, so they
+stay correct when ``top[0].diff is bottom[0].diff``.
+"""
+import numpy as np
+
+from ..blob import DTYPE
+from ..layer import Layer, register
+from ..proto import caffe_pb2
+from ..random import get_rng
+
+
+class _NeuronLayer(Layer):
+    """One bottom, one top of the same shape (Caffe's NeuronLayer)."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape)
+
+
+class _Scratch:
+    """A reusable float32 buffer, so large activations do not allocate a
+    fresh temporary on every pass."""
+
+    def __init__(self):
+        self.array = np.empty(0, DTYPE)
+
+    def like(self, array):
+        if self.array.shape != array.shape:
+            self.array = np.empty(array.shape, DTYPE)
+        return self.array
+
+
+@register("ReLU")
+class ReLULayer(_NeuronLayer):
+    """y = max(x, 0) + negative_slope * min(x, 0)."""
+
+    def layer_setup(self, bottom, top):
+        self.negative_slope = DTYPE(self.param.relu_param.negative_slope)
+        self._scratch = _Scratch()
+
+    def forward(self, bottom, top):
+        x, y = bottom[0].data, top[0].data
+        if self.negative_slope == 0:
+            np.maximum(x, DTYPE(0), out=y)
+            return
+        negative = np.minimum(x, DTYPE(0), out=self._scratch.like(x))
+        negative *= self.negative_slope
+        np.maximum(x, DTYPE(0), out=y)
+        y += negative
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        # In place, bottom data is the top data: same sign, same gradient.
+        x, dy, dx = bottom[0].data, top[0].diff, bottom[0].diff
+        if self.negative_slope == 0:
+            np.multiply(dy, x > 0, out=dx)
+            return
+        negative = np.multiply(dy, x <= 0, out=self._scratch.like(x))
+        negative *= self.negative_slope
+        np.multiply(dy, x > 0, out=dx)
+        dx += negative
+
+
+@register("Sigmoid")
+class SigmoidLayer(_NeuronLayer):
+    """y = 1 / (1 + exp(-x)), computed as Caffe does through tanh, which
+    never overflows."""
+
+    def layer_setup(self, bottom, top):
+        self._scratch = _Scratch()
+
+    def forward(self, bottom, top):
+        y = top[0].data
+        np.multiply(bottom[0].data, DTYPE(0.5), out=y)
+        np.tanh(y, out=y)
+        y *= DTYPE(0.5)
+        y += DTYPE(0.5)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        y = top[0].data
+        slope = np.subtract(DTYPE(1), y, out=self._scratch.like(y))
+        slope *= y
+        np.multiply(top[0].diff, slope, out=bottom[0].diff)
+
+
+@register("TanH")
+class TanHLayer(_NeuronLayer):
+
+    def layer_setup(self, bottom, top):
+        self._scratch = _Scratch()
+
+    def forward(self, bottom, top):
+        np.tanh(bottom[0].data, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        y = top[0].data
+        slope = np.multiply(y, y, out=self._scratch.like(y))
+        np.subtract(DTYPE(1), slope, out=slope)
+        np.multiply(top[0].diff, slope, out=bottom[0].diff)
+
+
+@register("Dropout")
+class DropoutLayer(_NeuronLayer):
+    """Caffe's inverted dropout: in TRAIN each unit is kept with probability
+    1 - dropout_ratio and scaled by 1 / (1 - dropout_ratio), so TEST is the
+    identity.  The mask comes from the framework's seedable generator."""
+
+    def layer_setup(self, bottom, top):
+        ratio = float(self.param.dropout_param.dropout_ratio)
+        if not 0.0 <= ratio < 1.0:
+            raise self.error(f"dropout_ratio must be in [0, 1), got {ratio}")
+        self.keep_prob = DTYPE(1.0 - ratio)
+        self.scale = DTYPE(1.0 / (1.0 - ratio))
+        self.train = self.phase == caffe_pb2.TRAIN
+        # Kept units hold `scale`, dropped ones 0: one multiply applies both.
+        self._mask = _Scratch()
+
+    def forward(self, bottom, top):
+        x, y = bottom[0].data, top[0].data
+        if not self.train:
+            if y is not x:
+                np.copyto(y, x)
+            return
+        mask = self._mask.like(x)
+        get_rng().random(out=mask, dtype=DTYPE)
+        np.multiply(mask < self.keep_prob, self.scale, out=mask)
+        np.multiply(x, mask, out=y)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy, dx = top[0].diff, bottom[0].diff
+        if self.train:
+            np.multiply(dy, self._mask.array, out=dx)
+        elif dx is not dy:
+            np.copyto(dx, dy)

@@ -1,0 +1,251 @@
+"""Softmax, the loss layers (SoftmaxWithLoss, EuclideanLoss) and Accuracy.
+
+A loss layer's top is a 0-axis blob; the net writes the loss weight into
+its diff before backward, and backward scales the gradient by it.
+"""
+import numpy as np
+
+from ..blob import DTYPE
+from ..layer import Layer, canonical_axis, register
+from ..proto import caffe_pb2
+
+
+FLT_MIN = np.finfo(DTYPE).tiny
+
+
+def _softmax(x, axis, out):
+    """Numerically stable softmax along `axis` (max subtracted first, as
+    Caffe does); `out` may be `x`."""
+    peak = x.max(axis=axis, keepdims=True)
+    np.subtract(x, peak, out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
+
+
+def _as_3d(array, axis):
+    """(outer, classes, inner) view of a contiguous array: Caffe's
+    outer_num_ x channels x inner_num_ layout around the softmax axis."""
+    shape = array.shape
+    return array.reshape(int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:])))
+
+
+class _LabelledPredictions:
+    """Shared bookkeeping of SoftmaxWithLoss and Accuracy: one integer label
+    per (outer, inner) position of the predictions, some possibly ignored."""
+
+    def __init__(self, layer, ignore_label):
+        self.layer = layer
+        self.ignore_label = ignore_label          # None: no label is ignored
+
+    def reshape(self, predictions, labels, axis):
+        """Fix the class axis and the (outer, inner) grid of positions."""
+        shape = predictions.shape
+        self.axis = canonical_axis(self.layer, axis, shape)
+        self.outer = int(np.prod(shape[:self.axis]))
+        self.inner = int(np.prod(shape[self.axis + 1:]))
+        self.num_classes = shape[self.axis]
+        if self.outer * self.inner != labels.count:
+            raise self.layer.error(
+                f"number of labels ({labels.count}, shape {labels.shape}) must match number of "
+                f"predictions ({self.outer * self.inner}); e.g., if prediction shape is "
+                f"(N, C, H, W) and the axis is 1, label count must be N*H*W, with integer "
+                f"values in {{0, 1, ..., C-1}}")
+
+    def read(self, label_data):
+        """Labels as ints (truncated, like Caffe's static_cast), the mask of
+        the positions that count, and labels safe to index with."""
+        labels = label_data.reshape(self.outer, self.inner).astype(np.int64)
+        valid = np.ones(labels.shape, bool) if self.ignore_label is None \
+            else labels != self.ignore_label
+        used = labels[valid]
+        if used.size and (used.min() < 0 or used.max() >= self.num_classes):
+            bad = used[(used < 0) | (used >= self.num_classes)][0]
+            raise self.layer.error(f"label value {bad} out of range [0, {self.num_classes})")
+        return labels, valid, np.where(valid, labels, 0)
+
+
+@register("Softmax")
+class SoftmaxLayer(Layer):
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        self.axis = canonical_axis(self, self.param.softmax_param.axis, bottom[0].shape)
+        top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        _softmax(bottom[0].data, self.axis, top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        y, dy = top[0].data, top[0].diff
+        # dx = (dy - <dy, y>) * y; the dot is taken before dx (maybe dy)
+        # is written.
+        dot = np.einsum("ijk,ijk->ik", _as_3d(dy, self.axis), _as_3d(y, self.axis))
+        dx3 = _as_3d(bottom[0].diff, self.axis)
+        np.subtract(_as_3d(dy, self.axis), dot[:, None, :], out=dx3)
+        dx3 *= _as_3d(y, self.axis)
+
+
+class _LossLayer(Layer):
+    """Caffe's LossLayer: predictions and targets share their first axis,
+    the loss top is a scalar and the label input gets no gradient."""
+    is_loss = True
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        if bottom[0].shape[:1] != bottom[1].shape[:1]:
+            raise self.error(f"the data and label should have the same first dimension: "
+                             f"{bottom[0].shape} vs {bottom[1].shape}")
+        top[0].reshape(())
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1
+
+    @staticmethod
+    def loss_weight(top):
+        return float(top[0].diff.reshape(-1)[0])
+
+
+@register("SoftmaxWithLoss")
+class SoftmaxWithLossLayer(_LossLayer):
+    """Multinomial logistic loss of the softmax of bottom[0] for the labels
+    in bottom[1]; an optional second top gets the probabilities."""
+    exact_num_top = None
+    min_num_top = 1
+    max_num_top = 2
+
+    def layer_setup(self, bottom, top):
+        lp = self.param.loss_param
+        ignore = lp.ignore_label if lp.HasField("ignore_label") else None
+        self.targets = _LabelledPredictions(self, ignore)
+        if not lp.HasField("normalization") and lp.HasField("normalize"):
+            self.normalization = caffe_pb2.LossParameter.VALID if lp.normalize \
+                else caffe_pb2.LossParameter.BATCH_SIZE
+        else:
+            self.normalization = lp.normalization
+        self._prob = np.empty(0, DTYPE)
+
+    def reshape(self, bottom, top):
+        super().reshape(bottom, top)
+        self.targets.reshape(bottom[0], bottom[1], self.param.softmax_param.axis)
+        if self._prob.shape != bottom[0].shape:
+            self._prob = np.empty(bottom[0].shape, DTYPE)
+        if len(top) > 1:
+            top[1].reshape(bottom[0].shape)
+
+    def normalizer(self, valid_count):
+        """Caffe's LossLayer::GetNormalizer; at least 1, so that a batch
+        whose labels are all ignored gives 0, not NaN."""
+        modes, t = caffe_pb2.LossParameter, self.targets
+        value = {modes.FULL: t.outer * t.inner,
+                 modes.VALID: valid_count,
+                 modes.BATCH_SIZE: t.outer,
+                 modes.NONE: 1}[self.normalization]
+        return max(1.0, float(value))
+
+    def forward(self, bottom, top):
+        axis = self.targets.axis
+        _softmax(bottom[0].data, axis, self._prob)
+        _, valid, safe = self.targets.read(bottom[1].data)
+        picked = np.take_along_axis(_as_3d(self._prob, axis), safe[:, None, :], axis=1)[:, 0, :]
+        loss = -np.log(np.maximum(picked[valid], FLT_MIN), dtype=np.float64).sum()
+        self._valid = valid
+        self._safe = safe
+        self._count = int(valid.sum())
+        top[0].data[...] = loss / self.normalizer(self._count)
+        if len(top) > 1:
+            np.copyto(top[1].data, self._prob)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise self.error("SoftmaxWithLoss Layer cannot backpropagate to label inputs.")
+        if not propagate_down[0]:
+            return
+        dx = bottom[0].diff
+        np.copyto(dx, self._prob)
+        dx3 = _as_3d(dx, self.targets.axis)
+        outer_idx, inner_idx = np.nonzero(self._valid)
+        dx3[outer_idx, self._safe[outer_idx, inner_idx], inner_idx] -= 1
+        if not self._valid.all():
+            dx3 *= self._valid[:, None, :]
+        dx *= DTYPE(self.loss_weight(top) / self.normalizer(self._count))
+
+
+@register("EuclideanLoss")
+class EuclideanLossLayer(_LossLayer):
+    """sum((a - b)^2) / (2 N); both inputs may receive a gradient."""
+
+    def layer_setup(self, bottom, top):
+        self._diff = np.empty(0, DTYPE)
+
+    def reshape(self, bottom, top):
+        super().reshape(bottom, top)
+        if bottom[0].count != bottom[1].count:
+            raise self.error(f"inputs must have the same dimension: {bottom[0].shape} vs "
+                             f"{bottom[1].shape}")
+        if self._diff.shape != bottom[0].shape:
+            self._diff = np.empty(bottom[0].shape, DTYPE)
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    def forward(self, bottom, top):
+        diff = np.subtract(bottom[0].data, bottom[1].data.reshape(bottom[0].shape), out=self._diff)
+        flat = diff.reshape(-1)
+        top[0].data[...] = np.dot(flat, flat) / bottom[0].num / 2
+
+    def backward(self, top, propagate_down, bottom):
+        for b, down, sign in zip(bottom, propagate_down, (1.0, -1.0)):
+            if down:
+                np.multiply(self._diff.reshape(b.shape), DTYPE(sign * self.loss_weight(top) / b.num),
+                            out=b.diff)
+
+
+@register("Accuracy")
+class AccuracyLayer(Layer):
+    """Fraction of labelled positions whose true class is among the top_k
+    scores (a tie counts against it, as in Caffe); the optional second top
+    holds the accuracy of each class.  No gradient."""
+    exact_num_bottom = 2
+    min_num_top = 1
+    max_num_top = 2
+
+    def allow_force_backward(self, bottom_index):
+        # Caffe would abort in Backward under force_backward; a metric has no gradient.
+        return False
+
+    def layer_setup(self, bottom, top):
+        p = self.param.accuracy_param
+        self.top_k = int(p.top_k)
+        self.targets = _LabelledPredictions(self, p.ignore_label if p.HasField("ignore_label") else None)
+
+    def reshape(self, bottom, top):
+        if self.top_k > bottom[0].count // max(bottom[1].count, 1):
+            raise self.error(f"top_k ({self.top_k}) must be less than or equal to the number "
+                             f"of classes ({bottom[0].count // max(bottom[1].count, 1)})")
+        self.targets.reshape(bottom[0], bottom[1], self.param.accuracy_param.axis)
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape((self.targets.num_classes,))
+
+    def forward(self, bottom, top):
+        labels, valid, safe = self.targets.read(bottom[1].data)
+        scores = _as_3d(bottom[0].data, self.targets.axis)
+        true_score = np.take_along_axis(scores, safe[:, None, :], axis=1)
+        # Classes scoring at least as high as the true one, itself excluded.
+        rivals = (scores >= true_score).sum(axis=1) - 1
+        hit = valid & (rivals < self.top_k)
+        count = int(valid.sum())
+        top[0].data[...] = DTYPE(hit.sum()) / DTYPE(count) if count else 0
+        if len(top) > 1:
+            n = self.targets.num_classes
+            totals = np.bincount(labels[valid], minlength=n).astype(DTYPE)
+            hits = np.bincount(labels[hit], minlength=n).astype(DTYPE)
+            top[1].data[...] = np.divide(hits, totals, out=np.zeros(n, DTYPE), where=totals > 0)
+
+    def backward(self, top, propagate_down, bottom):
+        if any(propagate_down):
+            raise self.error("Accuracy has no backward (set propagate_down: false on its bottoms)")
