@@ -11,6 +11,7 @@ from ..blob import DTYPE
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..random import get_rng
+from ..workspace import Workspace
 
 
 class _NeuronLayer(Layer):
@@ -22,26 +23,13 @@ class _NeuronLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
 
-class _Scratch:
-    """A reusable float32 buffer, so large activations do not allocate a
-    fresh temporary on every pass."""
-
-    def __init__(self):
-        self.array = np.empty(0, DTYPE)
-
-    def like(self, array):
-        if self.array.shape != array.shape:
-            self.array = np.empty(array.shape, DTYPE)
-        return self.array
-
-
 @register("ReLU")
 class ReLULayer(_NeuronLayer):
     """y = max(x, 0) + negative_slope * min(x, 0)."""
 
     def layer_setup(self, bottom, top):
         self.negative_slope = DTYPE(self.param.relu_param.negative_slope)
-        self._scratch = _Scratch()
+        self._scratch = Workspace()
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
@@ -73,7 +61,7 @@ class SigmoidLayer(_NeuronLayer):
     never overflows."""
 
     def layer_setup(self, bottom, top):
-        self._scratch = _Scratch()
+        self._scratch = Workspace()
 
     def forward(self, bottom, top):
         y = top[0].data
@@ -95,7 +83,7 @@ class SigmoidLayer(_NeuronLayer):
 class TanHLayer(_NeuronLayer):
 
     def layer_setup(self, bottom, top):
-        self._scratch = _Scratch()
+        self._scratch = Workspace()
 
     def forward(self, bottom, top):
         np.tanh(bottom[0].data, out=top[0].data)
@@ -123,7 +111,7 @@ class DropoutLayer(_NeuronLayer):
         self.scale = DTYPE(1.0 / (1.0 - ratio))
         self.train = self.phase == caffe_pb2.TRAIN
         # Kept units hold `scale`, dropped ones 0: one multiply applies both.
-        self._mask = _Scratch()
+        self._mask = Workspace()
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
@@ -141,6 +129,6 @@ class DropoutLayer(_NeuronLayer):
             return
         dy, dx = top[0].diff, bottom[0].diff
         if self.train:
-            np.multiply(dy, self._mask.array, out=dx)
+            np.multiply(dy, self._mask.like(dy), out=dx)
         elif dx is not dy:
             np.copyto(dx, dy)

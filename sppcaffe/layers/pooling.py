@@ -20,6 +20,7 @@ import numpy as np
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..spp_geometry import ceil_div, pooled_size, uniform_bins
+from ..workspace import Workspace
 
 _P = caffe_pb2.PoolingParameter
 
@@ -31,20 +32,6 @@ _P = caffe_pb2.PoolingParameter
 # unit-stride ones, so the padded input is first split into stride_h*stride_w
 # "phases" (rows = a, columns = b modulo the stride); each offset then reads
 # a plain sub-rectangle of one phase.
-
-class Workspace:
-    """Arrays kept from one call to the next: a fresh large array costs page
-    faults on first touch, about as much again as the pass that fills it."""
-
-    def __init__(self):
-        self._arrays = {}
-
-    def get(self, name, shape, dtype=np.float32):
-        array = self._arrays.get(name)
-        if array is None or array.shape != tuple(shape) or array.dtype != dtype:
-            array = self._arrays[name] = np.empty(shape, dtype)
-        return array
-
 
 def _axis_phase(phase, kernel, stride, pad, size, out):
     """Rows phase, phase + stride, ... of the padded input that some window
