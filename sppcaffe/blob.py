@@ -13,8 +13,10 @@ class Blob:
 
     def __init__(self, shape=(), name=""):
         self.name = name
-        self.data = np.zeros(tuple(int(s) for s in shape), DTYPE)
-        self.diff = np.zeros_like(self.data)
+        shape = tuple(int(s) for s in shape)
+        # np.zeros, not zeros_like: untouched pages (a deploy net's diffs) cost nothing.
+        self.data = np.zeros(shape, DTYPE)
+        self.diff = np.zeros(shape, DTYPE)
 
     @property
     def shape(self):

@@ -1,4 +1,8 @@
-"""Weight fillers, as Caffe's FillerParameter types."""
+"""Weight fillers, as Caffe's FillerParameter types.
+
+Values are drawn in float32: ZF-5's fc6 has 52M weights, and float64
+temporaries would double the memory a net takes to build.
+"""
 import numpy as np
 
 from .random import get_rng
@@ -21,36 +25,53 @@ def _variance_norm_n(param, shape):
     return fan_in
 
 
+F32 = np.float32
+
+
+def _uniform_values(low, high, shape, rng):
+    values = rng.random(size=shape, dtype=F32)
+    values *= F32(high - low)
+    values += F32(low)
+    return values
+
+
+def _normal_values(mean, std, shape, rng):
+    values = rng.standard_normal(size=shape, dtype=F32)
+    values *= F32(std)
+    values += F32(mean)
+    return values
+
+
 def _constant(p, shape, rng):
-    return np.full(shape, p.value)
+    return F32(p.value)
 
 
 def _uniform(p, shape, rng):
-    return rng.uniform(p.min, p.max, size=shape)
+    return _uniform_values(p.min, p.max, shape, rng)
 
 
 def _gaussian(p, shape, rng):
-    values = rng.normal(p.mean, p.std, size=shape)
+    values = _normal_values(p.mean, p.std, shape, rng)
     if p.sparse >= 0:
         # Each output unit (axis 0) keeps on average `sparse` inputs.
         keep = p.sparse / shape[0]
-        values *= rng.random(size=shape) < keep
+        values *= rng.random(size=shape, dtype=F32) < keep
     return values
 
 
 def _positive_unitball(p, shape, rng):
-    values = rng.uniform(0, 1, size=shape).reshape(shape[0], -1)
+    values = rng.random(size=shape, dtype=F32).reshape(shape[0], -1)
     values /= values.sum(axis=1, keepdims=True)
     return values.reshape(shape)
 
 
 def _xavier(p, shape, rng):
     scale = np.sqrt(3.0 / _variance_norm_n(p, shape))
-    return rng.uniform(-scale, scale, size=shape)
+    return _uniform_values(-scale, scale, shape, rng)
 
 
 def _msra(p, shape, rng):
-    return rng.normal(0.0, np.sqrt(2.0 / _variance_norm_n(p, shape)), size=shape)
+    return _normal_values(0.0, np.sqrt(2.0 / _variance_norm_n(p, shape)), shape, rng)
 
 
 def _bilinear(p, shape, rng):

@@ -1,0 +1,2 @@
+"""Command-line tools (the scripts in tools/ are thin wrappers around these
+modules' ``main`` functions)."""

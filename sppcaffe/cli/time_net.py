@@ -1,0 +1,279 @@
+"""`caffe time` for sppcaffe: per-layer forward and backward timings.
+
+Follows BVLC tools/caffe.cpp `time()`: one untimed forward and backward
+pass (so that every buffer is allocated), then `--iterations` timed passes
+run layer by layer, and the same report lines (per-layer averages, then
+the forward, backward and forward-backward averages and the total).
+Input blobs and the tops of data layers are filled with random values
+once; label blobs (those feeding a loss or accuracy layer) get random class
+indices within the classifier's range so losses stay finite.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from .. import io
+from ..layer import LAYER_TYPES, LayerError
+from ..layers.data import ExternalDataLayer
+from ..net import TEST, TRAIN, Net, filter_net
+from ..random import set_random_seed
+
+PROG = "time_net"
+PHASES = {"TRAIN": TRAIN, "TEST": TEST}
+# Layers whose bottom 1 holds class indices into bottom 0's class axis,
+# with the parameter field giving that axis.
+LABEL_READERS = {"SoftmaxWithLoss": "softmax_param", "Accuracy": "accuracy_param",
+                 "MultinomialLogisticLoss": None, "InfogainLoss": "infogain_loss_param",
+                 "HingeLoss": None}
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback."""
+
+
+def parse_data_shape(text):
+    """`name=1,3,224,224` -> ("name", (1, 3, 224, 224))."""
+    name, sep, dims = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d < 0 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not NAME=D0,D1,... (e.g. data=8,3,224,224 or label=8)")
+    return name, shape
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Benchmark a net's execution time, layer by layer, as `caffe time`: "
+                    "average forward and backward milliseconds per layer and per pass.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Data layers (Data, ImageData, HDF5Data, WindowData) are not read: give the\n"
+               "shape of each of their tops with --data-shape and they are filled with random\n"
+               "values (labels with random classes). Example:\n\n"
+               "  %(prog)s --model models/zf5_spp/train_val.prototxt \\\n"
+               "      --data-shape data=8,3,224,224 --data-shape label=8 --iterations 10")
+    parser.add_argument("--model", required=True, help="the net's prototxt")
+    parser.add_argument("--iterations", type=int, default=50,
+                        help="number of timed forward-backward passes (default: %(default)s)")
+    parser.add_argument("--phase", type=str.upper, choices=sorted(PHASES), default="TRAIN",
+                        help="network phase (default: %(default)s, as caffe time)")
+    parser.add_argument("--level", type=int, default=0, help="network level (default: 0)")
+    parser.add_argument("--stage", action="append", default=[],
+                        help="network stage; repeat for several")
+    parser.add_argument("--weights", help="a .caffemodel to load (default: the net's fillers)")
+    parser.add_argument("--data-shape", action="append", default=[], type=parse_data_shape,
+                        metavar="NAME=D0,D1,...",
+                        help="shape of a data layer's top, or a new shape for an Input blob; "
+                             "repeat for each blob (e.g. --data-shape data=8,3,224,224 "
+                             "--data-shape label=8)")
+    parser.add_argument("--force-backward", action="store_true",
+                        help="run every layer's backward even when the net has no loss "
+                             "(e.g. a deploy net), as force_backward: true")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for the random inputs, fillers and dropout (default: 0)")
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# Building the net
+# ---------------------------------------------------------------------------
+def data_shape_hint(lp):
+    """Example --data-shape flags for a data layer, from its batch and crop
+    sizes where the prototxt gives them."""
+    batch = lp.data_param.batch_size or lp.image_data_param.batch_size or \
+        lp.hdf5_data_param.batch_size or lp.window_data_param.batch_size or "N"
+    crop = lp.transform_param.crop_size
+    image = f"{batch},3,{crop},{crop}" if crop else f"{batch},C,H,W"
+    shapes = [image] + [f"{batch}"] * (len(lp.top) - 1)
+    return " ".join(f"--data-shape {top}={shape}" for top, shape in zip(lp.top, shapes))
+
+
+def unreadable_data_layers(param, data_shapes):
+    """Data layers of the net whose tops have no --data-shape."""
+    return [lp for lp in param.layer
+            if issubclass(LAYER_TYPES.get(lp.type, object), ExternalDataLayer)
+            and any(t not in data_shapes for t in lp.top)]
+
+
+def load_net(args):
+    if not os.path.isfile(args.model):
+        raise CliError(f"cannot read model '{args.model}': no such file")
+    if args.weights is not None and not os.path.isfile(args.weights):
+        raise CliError(f"cannot read weights '{args.weights}': no such file")
+    data_shapes = dict(args.data_shape)
+    try:
+        param = io.read_net(args.model)
+    except (OSError, ValueError) as err:
+        raise CliError(str(err)) from None
+    if args.force_backward:
+        param.force_backward = True
+    try:
+        net = Net(param, PHASES[args.phase], level=args.level, stages=args.stage,
+                  data_shapes=data_shapes)
+    except LayerError as err:
+        missing = unreadable_data_layers(net_in_phase(param, args), data_shapes)
+        if not missing:
+            raise CliError(f"{args.model}: {err}") from None
+        hints = "\n".join(f"  {data_shape_hint(lp)}" for lp in missing)
+        names = ", ".join(f"'{lp.name}' ({lp.type})" for lp in missing)
+        raise CliError(f"{args.model}: {PROG} does not read the sources of data layer(s) {names}; "
+                       f"give the shape of each of their tops to fill them with random data, "
+                       f"e.g.\n{hints}") from None
+    except (OSError, ValueError) as err:
+        raise CliError(f"{args.model}: {err}") from None
+    if args.weights is not None:
+        try:
+            net.copy_from(args.weights)
+        except (OSError, ValueError) as err:
+            raise CliError(f"{args.weights}: {err}") from None
+    unknown = [name for name in data_shapes if name not in net.blobs]
+    if unknown:
+        raise CliError(f"--data-shape names blob(s) the net does not have: {', '.join(unknown)}")
+    return net
+
+
+def net_in_phase(param, args):
+    """The layers the net keeps for the requested phase, level and stages."""
+    state = param.state
+    state.phase, state.level = PHASES[args.phase], args.level
+    state.stage.extend(s for s in args.stage if s not in state.stage)
+    return filter_net(param)
+
+
+# ---------------------------------------------------------------------------
+# Random inputs
+# ---------------------------------------------------------------------------
+def fed_blobs(net):
+    """Names of the blobs nothing in the net computes: Input blobs and the
+    tops of data layers that are not read from their sources."""
+    names = list(net.inputs)
+    for layer, tops in zip(net.layers, net.top_vecs):
+        if isinstance(layer, ExternalDataLayer):
+            names += [t.name for t in tops if t.name not in names]
+    return names
+
+
+def num_classes(net, blob_name):
+    """How many classes a label blob indexes: the smallest class-axis size
+    among the loss/accuracy layers reading it as their bottom 1 (through
+    automatic Split layers); None if no such layer reads it."""
+    sizes, pending = [], [blob_name]
+    while pending:
+        name = pending.pop()
+        # Blob lists rather than the name dicts: layer names need not be unique.
+        for layer, bottom_vec, top_vec in zip(net.layers, net.bottom_vecs, net.top_vecs):
+            bottoms = [b.name for b in bottom_vec]
+            if name not in bottoms:
+                continue
+            kind = layer.param.type
+            if kind == "Split":
+                pending += [t.name for t in top_vec]
+            elif kind in LABEL_READERS and len(bottoms) > 1 and bottoms[1] == name:
+                field = LABEL_READERS[kind]
+                axis = getattr(layer.param, field).axis if field else 1
+                scores = net.blobs[bottoms[0]].shape
+                sizes.append(scores[axis % len(scores)])
+    return min(sizes) if sizes else None
+
+
+def fill_random(net, rng):
+    for name in fed_blobs(net):
+        blob = net.blobs[name]
+        classes = num_classes(net, name)
+        if classes:
+            blob.data[...] = rng.integers(0, classes, blob.shape)
+        else:
+            blob.data[...] = rng.standard_normal(blob.shape, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------
+def ms_text(value):
+    """A number as C++'s default ostream prints a double (6 significant digits)."""
+    return f"{value:g}"
+
+
+def time_net(net, iterations, log):
+    log("Performing Forward")
+    loss = net.forward_from_to()
+    log(f"Initial loss: {ms_text(loss)}")
+    log("Performing Backward")
+    net.backward_from_to()
+    if not any(net.layer_need_backward):
+        log("Note: the net has no loss, so no layer runs backward (use --force-backward to "
+            "time backward passes anyway)")
+
+    n = len(net.layers)
+    forward_ms, backward_ms = np.zeros(n), np.zeros(n)
+    forward_total = backward_total = 0.0
+    log("*** Benchmark begins ***")
+    log(f"Testing for {iterations} iterations.")
+    clock = time.perf_counter
+    total_start = clock()
+    for j in range(iterations):
+        iter_start = clock()
+        for i in range(n):
+            start = clock()
+            net.forward_from_to(i, i)
+            forward_ms[i] += (clock() - start) * 1e3
+        forward_total += (clock() - iter_start) * 1e3
+        backward_start = clock()
+        for i in range(n - 1, -1, -1):
+            start = clock()
+            net.backward_from_to(i, i)
+            backward_ms[i] += (clock() - start) * 1e3
+        backward_total += (clock() - backward_start) * 1e3
+        log(f"Iteration: {j + 1} forward-backward time: {ms_text((clock() - iter_start) * 1e3)} ms.")
+    log("Average time per layer: ")
+    for layer, fwd, bwd in zip(net.layers, forward_ms, backward_ms):
+        name = layer.name
+        log(f"{name:>10}\tforward: {ms_text(fwd / iterations)} ms.")
+        log(f"{name:>10}\tbackward: {ms_text(bwd / iterations)} ms.")
+    total = (clock() - total_start) * 1e3
+    log(f"Average Forward pass: {ms_text(forward_total / iterations)} ms.")
+    log(f"Average Backward pass: {ms_text(backward_total / iterations)} ms.")
+    log(f"Average Forward-Backward: {ms_text(total / iterations)} ms.")
+    log(f"Total Time: {ms_text(total)} ms.")
+    log("*** Benchmark ends ***")
+    return forward_ms / iterations, backward_ms / iterations
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
+    def log(message):
+        print(message, flush=True)
+
+    if args.iterations < 1:
+        print(f"{PROG}: error: --iterations must be at least 1, got {args.iterations}",
+              file=sys.stderr)
+        return 2
+    set_random_seed(args.seed)
+    try:
+        net = load_net(args)
+    except CliError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    rng = np.random.default_rng(args.seed)
+    for name, shape in args.data_shape:
+        if name in net.inputs:
+            net.blobs[name].reshape(shape)
+    fill_random(net, rng)
+    log(f"Use CPU. Timing net '{net.name}' from {args.model}, phase {args.phase}.")
+    try:
+        time_net(net, args.iterations, log)
+    except LayerError as err:
+        print(f"{PROG}: error: {args.model}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
