@@ -3,11 +3,19 @@
 The public names follow pycaffe: ``sppcaffe.Net(prototxt, sppcaffe.TEST,
 weights=...)``, ``net.blobs``, ``net.params``, ``net.forward()``.
 """
-from . import io, layers  # noqa: F401  (importing layers fills the registry)
-from .blob import Blob
-from .layer import LAYER_TYPES, Layer, LayerError, register
-from .net import TEST, TRAIN, Net
-from .random import set_random_seed
+import os as _os
+
+# OpenBLAS keeps its worker threads spinning after each GEMM, stealing the
+# second core from the threaded im2col/col2im that follow; a short timeout
+# stops that.  It only takes effect if NumPy is not imported yet.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+# Imports follow the environment setting above on purpose.
+from . import io, layers  # noqa: E402,F401  (importing layers fills the registry)
+from .blob import Blob  # noqa: E402
+from .layer import LAYER_TYPES, Layer, LayerError, register  # noqa: E402
+from .net import TEST, TRAIN, Net  # noqa: E402
+from .random import set_random_seed  # noqa: E402
 
 __all__ = ["Blob", "Layer", "LayerError", "LAYER_TYPES", "Net", "TEST", "TRAIN", "io",
            "register", "set_random_seed", "set_mode_cpu"]

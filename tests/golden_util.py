@@ -4,6 +4,11 @@ import os
 
 import numpy as np
 
+from sppcaffe import io
+from sppcaffe.blob import Blob
+from sppcaffe.layer import create_layer
+from sppcaffe.proto import caffe_pb2
+
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 DATA_TOL = 1e-5      # forward data
 DIFF_TOL = 1e-4      # diffs, gradients, solver trajectories
@@ -30,3 +35,45 @@ def relative_error(ours, ref):
 def assert_close(ours, ref, tol, what):
     err = relative_error(ours, ref)
     assert err < tol, f"{what}: relative error {err:.3g} >= {tol:g}"
+
+
+def golden_layers(case):
+    """A fixture's net definition and its weights by layer name."""
+    net = io.read_net(case_path(case, "net.prototxt"))
+    weights = io.read_weights(case_path(case, "weights.caffemodel"))
+    blobs = {layer.name: [io.blob_to_array(b) for b in layer.blobs] for layer in weights.layer}
+    return net, blobs
+
+
+def check_golden_layers(case, layer_type):
+    """Run each `layer_type` layer of a fixture net alone: forward from the
+    fixture's input, backward from its top diff (`topdiff/`, else the summed
+    `diff/` of the top); compare the top, the layer's share of the input diff
+    (its split copy) and the gradients.  Returns how many layers it checked."""
+    net, blobs = golden_layers(case)
+    expected = load_expected(case)
+    readers = [p.name for p in net.layer if "data" in p.bottom]
+    checked = 0
+    for p in net.layer:
+        if p.type != layer_type:
+            continue
+        layer = create_layer(p, caffe_pb2.TEST)
+        for array in blobs[p.name]:
+            layer.blobs.append(Blob(array.shape))
+            layer.blobs[-1].data[...] = array
+        bottom, top = [Blob(expected["input/data"].shape)], [Blob()]
+        bottom[0].data[...] = expected["input/data"]
+        layer.setup(bottom, top)
+        layer.forward(bottom, top)
+        name = p.top[0]
+        assert_close(top[0].data, expected[f"data/{name}"], DATA_TOL, f"{p.name} forward")
+        key = f"topdiff/{name}" if f"topdiff/{name}" in expected else f"diff/{name}"
+        top[0].diff[...] = expected[key]
+        layer.backward(top, [True], bottom)
+        split = f"diff/data_data_0_split_{readers.index(p.name)}"
+        assert_close(bottom[0].diff, expected[split], DIFF_TOL, f"{p.name} bottom diff")
+        for i, blob in enumerate(layer.blobs):
+            assert_close(blob.diff, expected[f"grad/{p.name}/{i}"], DIFF_TOL,
+                         f"{p.name} gradient {i}")
+        checked += 1
+    return checked

@@ -143,3 +143,18 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         net.save(str(model))
     assert model.read_bytes() == before
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_zf5_spp_model_over_64mb_saves_and_loads(tmp_path):
+    # ZF-5 SPP's weights are 308 MB (fc6 alone 210 MB): protobuf's old 64 MB cap must not bite.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    deploy = os.path.join(root, "models", "zf5_spp", "deploy.prototxt")
+    net = sppcaffe.Net(deploy, sppcaffe.TEST)
+    model = str(tmp_path / "zf5_spp.caffemodel")
+    start = time.perf_counter()
+    net.save(model)
+    loaded = sppcaffe.Net(deploy, sppcaffe.TEST, weights=model)
+    elapsed = time.perf_counter() - start
+    assert os.path.getsize(model) > 300e6
+    np.testing.assert_array_equal(loaded.params["fc6"][0].data, net.params["fc6"][0].data)
+    assert elapsed < 30, f"saving and loading 308 MB took {elapsed:.1f} s"

@@ -1,0 +1,236 @@
+"""Convolution, as Caffe's ConvolutionLayer (2-D, grouped, dilated).
+
+The whole batch goes through one im2col and one GEMM per group (see
+sppcaffe.im2col for the column layout) instead of Caffe's per-image loop;
+the sums are the same, only their order differs.  Columns computed in
+forward are kept for the weight gradient, so backward redoes im2col only
+when something else used the buffer in between.
+"""
+import numpy as np
+
+from ..fillers import fill
+from ..im2col import Geometry, add_matmul, col2im, im2col
+from ..layer import Layer, register
+
+
+def _spatial_setting(layer, p, field, hw_prefix, default):
+    """A per-axis setting as (h, w): from `<prefix>_h`/`<prefix>_w`, or from
+    the repeated `field` given once (both axes) or twice (h, w)."""
+    values = list(getattr(p, field))
+    if hw_prefix and (p.HasField(hw_prefix + "_h") or p.HasField(hw_prefix + "_w")):
+        if values:
+            raise layer.error(f"give either {field} or {hw_prefix}_h/{hw_prefix}_w, not both")
+        return (getattr(p, hw_prefix + "_h"), getattr(p, hw_prefix + "_w"))
+    if not values:
+        if default is None:
+            raise layer.error(f"{field} (or {hw_prefix}_h and {hw_prefix}_w) is required")
+        return (default, default)
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) == 2:
+        return tuple(values)
+    raise layer.error(f"{field} must be given once or once per spatial axis (2 here), "
+                      f"got {len(values)} values")
+
+
+def read_geometry(layer, p):
+    """Geometry of a ConvolutionParameter, validated as Caffe does."""
+    geom = Geometry(kernel=_spatial_setting(layer, p, "kernel_size", "kernel", None),
+                    pad=_spatial_setting(layer, p, "pad", "pad", 0),
+                    stride=_spatial_setting(layer, p, "stride", "stride", 1),
+                    dilation=_spatial_setting(layer, p, "dilation", None, 1))
+    for name in ("kernel", "stride", "dilation"):
+        if min(getattr(geom, name)) < 1:
+            raise layer.error(f"{name} must be positive, got {getattr(geom, name)}")
+    return geom
+
+
+def _group_slices(total, group):
+    size = total // group
+    return [slice(g * size, (g + 1) * size) for g in range(group)]
+
+
+@register("Convolution")
+class ConvolutionLayer(Layer):
+    min_num_bottom = 1
+    min_num_top = 1
+
+    # ---- setup --------------------------------------------------------
+    def layer_setup(self, bottom, top):
+        if len(bottom) != len(top):
+            raise self.error(f"needs as many tops as bottoms, got {len(bottom)} bottom(s) "
+                             f"and {len(top)} top(s)")
+        p = self.param.convolution_param
+        self._check_axes(p, bottom[0].shape)
+        self.geom = read_geometry(self, p)
+        self.channels = bottom[0].shape[1]
+        self.num_output = p.num_output
+        self.group = p.group
+        self.bias_term = p.bias_term
+        if self.num_output < 1:
+            raise self.error("num_output must be positive")
+        if self.group < 1 or self.channels % self.group or self.num_output % self.group:
+            raise self.error(f"group {self.group} must divide both the input channels "
+                             f"({self.channels}) and num_output ({self.num_output})")
+        kh, kw = self.geom.kernel
+        weight_shape = (self.num_output, self.channels // self.group, kh, kw)
+        self._setup_params(p, weight_shape)
+        self.param_propagate_down = [True] * len(self.blobs)
+        self._out_groups = _group_slices(self.num_output, self.group)
+        self._col_groups = _group_slices(self.channels * kh * kw, self.group)
+        self._in_groups = _group_slices(self.channels, self.group)
+        self._bottom_shape = None
+
+    def _check_axes(self, p, shape):
+        axis = p.axis + len(shape) if p.axis < 0 else p.axis
+        if axis != 1:
+            raise self.error(f"only axis 1 is supported as the channel axis, got {p.axis}")
+        if len(shape) != 4:
+            raise self.error(f"only 2-D convolution is supported: input {shape} has "
+                             f"{len(shape) - 2} spatial axes")
+
+    def _setup_params(self, p, weight_shape):
+        shapes = [weight_shape] + ([(self.num_output,)] if self.bias_term else [])
+        if self.blobs:
+            if [b.shape for b in self.blobs] != shapes:
+                raise self.error(f"parameter shapes {[b.shape for b in self.blobs]} "
+                                 f"do not match the expected {shapes}")
+            return
+        fillers = [p.weight_filler, p.bias_filler]
+        for i, shape in enumerate(shapes):
+            blob = self.new_param_blob(shape, i)
+            fill(blob, fillers[i])
+            self.blobs.append(blob)
+
+    # ---- reshape ------------------------------------------------------
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if shape != self._bottom_shape:
+            self._plan(shape)
+        for b in bottom[1:]:
+            if b.shape != shape:
+                raise self.error(f"all bottoms must have the same shape, got {b.shape} "
+                                 f"and {shape}")
+        for t in top:
+            t.reshape(self._top_shape)
+
+    def _plan(self, shape):
+        """Validate a new input shape and drop buffers sized for the old one."""
+        if len(shape) != 4:
+            raise self.error(f"input must stay 4-D, got shape {shape}")
+        n, c, h, w = shape
+        if c != self.channels:
+            raise self.error(f"input has {c} channels, the weights expect {self.channels}")
+        ho, wo = self.geom.output_size(h, w)
+        if ho < 1 or wo < 1:
+            raise self.error(f"kernel extent {self.geom.extent()} is larger than the padded "
+                             f"input {(h + 2 * self.geom.pad[0], w + 2 * self.geom.pad[1])}")
+        self._bottom_shape = shape
+        self._top_shape = (n, self.num_output, ho, wo)
+        self._cols = {}          # bottom index -> column matrix
+        self._col_valid = {}     # bottom index -> holds that bottom's current im2col
+        self._out_cols = None    # (num_output, N*Ho*Wo) GEMM output / top diff, transposed
+        self._padded = None      # padding scratch shared by im2col and col2im
+
+    # ---- helpers --------------------------------------------------------
+    def _buffer(self, name, shape):
+        buf = getattr(self, name)
+        if buf is None or buf.shape != shape:
+            buf = np.empty(shape, np.float32)
+            setattr(self, name, buf)
+        return buf
+
+    def _pad_scratch(self):
+        if self.geom.pad == (0, 0):
+            return None
+        n, c, h, w = self._bottom_shape
+        ph, pw = self.geom.pad
+        return self._buffer("_padded", (n, c, h + 2 * ph, w + 2 * pw))
+
+    def _im2col(self, i, x):
+        self._cols[i] = im2col(x, self.geom, self._cols.get(i), self._pad_scratch())
+        self._col_valid[i] = True
+        return self._cols[i]
+
+    def _weights2d(self):
+        w = self.blobs[0].data
+        return w.reshape(w.shape[0], -1)
+
+    # ---- forward --------------------------------------------------------
+    def forward(self, bottom, top):
+        w2 = self._weights2d()
+        bias = self.blobs[1].data[:, None] if self.bias_term else None
+        n, o = self._top_shape[:2]
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            y = t.data.reshape(n, o, -1)
+            if self.geom.is_pointwise():
+                self._forward_pointwise(b.data, w2, y)
+                if bias is not None:
+                    y += bias
+            else:
+                self._forward_columns(self._im2col(i, b.data), w2, bias, y)
+
+    def _forward_columns(self, col, w2, bias, y):
+        n, o, p = y.shape
+        out = self._buffer("_out_cols", (o, n * p))
+        for og, kg in zip(self._out_groups, self._col_groups):
+            np.matmul(w2[og], col[kg], out=out[og])
+        # (O, N, P) -> (N, O, P) is the one copy the batch-wide GEMM costs;
+        # the bias add rides along with it.
+        out_t = out.reshape(o, n, p).transpose(1, 0, 2)
+        if bias is None:
+            y[...] = out_t
+        else:
+            np.add(out_t, bias, out=y)
+
+    def _forward_pointwise(self, x, w2, y):
+        # 1x1 stride 1: each image's (C, H*W) block already is its column
+        # matrix, so a stacked matmul writes the top directly.
+        x3 = x.reshape(x.shape[0], x.shape[1], -1)
+        for og, cg in zip(self._out_groups, self._in_groups):
+            np.matmul(w2[og], x3[:, cg], out=y[:, og])
+
+    # ---- backward -------------------------------------------------------
+    def backward(self, top, propagate_down, bottom):
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dy = t.diff.reshape(t.diff.shape[0], t.diff.shape[1], -1)
+            if want_b:
+                self.blobs[1].diff += dy.sum(axis=(0, 2), dtype=np.float32)
+            want_x = propagate_down[i]
+            if not (want_w or want_x):
+                continue
+            if self.geom.is_pointwise():
+                self._backward_pointwise(dy, b, want_w, want_x)
+            else:
+                self._backward_columns(i, dy, b, want_w, want_x)
+
+    def _backward_columns(self, i, dy, b, want_w, want_x):
+        n, o, p = dy.shape
+        dy_t = self._buffer("_out_cols", (o, n * p))
+        dy_t.reshape(o, n, p)[...] = dy.transpose(1, 0, 2)
+        w2 = self._weights2d()
+        col = self._cols[i] if self._col_valid.get(i) else self._im2col(i, b.data)
+        if want_w:
+            grad = self.blobs[0].diff.reshape(w2.shape)
+            for og, kg in zip(self._out_groups, self._col_groups):
+                add_matmul(dy_t[og], col[kg].T, grad[og])
+        if want_x:
+            # The column gradient overwrites the cached columns.
+            self._col_valid[i] = False
+            for og, kg in zip(self._out_groups, self._col_groups):
+                np.matmul(w2[og].T, dy_t[og], out=col[kg])
+            col2im(col, self.geom, b.diff, self._pad_scratch())
+
+    def _backward_pointwise(self, dy, b, want_w, want_x):
+        w2 = self._weights2d()
+        x3 = b.data.reshape(b.data.shape[0], b.data.shape[1], -1)
+        dx3 = b.diff.reshape(x3.shape)
+        if want_w:
+            grad = self.blobs[0].diff.reshape(w2.shape)
+            for og, cg in zip(self._out_groups, self._in_groups):
+                grad[og] += np.matmul(dy[:, og], x3[:, cg].transpose(0, 2, 1)).sum(axis=0)
+        if want_x:
+            for og, cg in zip(self._out_groups, self._in_groups):
+                np.matmul(w2[og].T, dy[:, og], out=dx3[:, cg])

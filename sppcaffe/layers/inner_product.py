@@ -1,0 +1,82 @@
+"""InnerProduct (fully connected), as Caffe's InnerProductLayer."""
+import numpy as np
+
+from ..fillers import fill
+from ..im2col import add_matmul
+from ..layer import Layer, canonical_axis, register
+
+
+@register("InnerProduct")
+class InnerProductLayer(Layer):
+    """top = bottom flattened from `axis` on, times W^T, plus b.
+
+    W is (num_output, K), or (K, num_output) with `transpose: true`; axes
+    before `axis` are kept as independent rows.
+    """
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.inner_product_param
+        self.num_output = p.num_output
+        self.bias_term = p.bias_term
+        self.transpose = p.transpose
+        if self.num_output < 1:
+            raise self.error("num_output must be positive")
+        axis = self._axis(bottom[0].shape)
+        self.inputs = int(np.prod(bottom[0].shape[axis:], dtype=np.int64))
+        weight_shape = ((self.inputs, self.num_output) if self.transpose
+                        else (self.num_output, self.inputs))
+        shapes = [weight_shape] + ([(self.num_output,)] if self.bias_term else [])
+        if self.blobs:
+            if [b.shape for b in self.blobs] != shapes:
+                raise self.error(f"parameter shapes {[b.shape for b in self.blobs]} "
+                                 f"do not match the expected {shapes}")
+        else:
+            for i, (shape, filler) in enumerate(zip(shapes, (p.weight_filler, p.bias_filler))):
+                blob = self.new_param_blob(shape, i)
+                fill(blob, filler)
+                self.blobs.append(blob)
+        self.param_propagate_down = [True] * len(self.blobs)
+        self._bottom_shape = None
+
+    def _axis(self, shape):
+        return canonical_axis(self, self.param.inner_product_param.axis, shape)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if shape != self._bottom_shape:
+            axis = self._axis(shape)
+            inputs = int(np.prod(shape[axis:], dtype=np.int64))
+            if inputs != self.inputs:
+                raise self.error(f"input {shape} flattens to {inputs} values from axis "
+                                 f"{axis}, the weights expect {self.inputs}")
+            self._bottom_shape = shape
+            self._top_shape = shape[:axis] + (self.num_output,)
+            self._rows = int(np.prod(shape[:axis], dtype=np.int64))
+        top[0].reshape(self._top_shape)
+
+    def _weights_nk(self, array):
+        """A weight-shaped array seen as (num_output, K), whatever its storage."""
+        return array.T if self.transpose else array
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self._rows, self.inputs)
+        y = top[0].data.reshape(self._rows, self.num_output)
+        np.matmul(x, self._weights_nk(self.blobs[0].data).T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self._rows, self.num_output)
+        if self.param_propagate_down[0]:
+            x = bottom[0].data.reshape(self._rows, self.inputs)
+            if self.transpose:
+                add_matmul(x.T, dy, self.blobs[0].diff)
+            else:
+                add_matmul(dy.T, x, self.blobs[0].diff)
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0, dtype=np.float32)
+        if propagate_down[0]:
+            dx = bottom[0].diff.reshape(self._rows, self.inputs)
+            np.matmul(dy, self._weights_nk(self.blobs[0].data), out=dx)
