@@ -426,6 +426,13 @@ class Net:
         self.backward_from_to()
         return self.loss
 
+    def set_input_arrays(self, data, labels):
+        """Give the net's MemoryData layer its arrays (pycaffe's name)."""
+        layers = [layer for layer in self.layers if layer.type == "MemoryData"]
+        if not layers:
+            raise LayerError(f"net '{self.name}' has no MemoryData layer")
+        layers[0].set_input_arrays(data, labels)
+
     def clear_param_diffs(self):
         for p in self.learnable_params:
             p.diff[...] = 0

@@ -188,3 +188,16 @@ def test_blob_data_is_writable_and_reshape_keeps_it():
     assert blob.data is same and (blob.data == 7).all()
     blob.reshape(4, 3)
     assert blob.shape == (4, 3)
+
+
+def test_memory_data_set_input_arrays():
+    net = make_net("""
+layer { name: "mem" type: "MemoryData" top: "data" top: "label"
+        memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }
+""")
+    data = np.arange(16, dtype=np.float32).reshape(4, 1, 2, 2)
+    net.set_input_arrays(data, np.array([0, 1, 2, 3]))
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data, data[:2])
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["label"].data, [2, 3])
