@@ -87,3 +87,21 @@ def layer_param(text):
     from google.protobuf import text_format
     from sppcaffe.proto import caffe_pb2
     return text_format.Parse(text, caffe_pb2.LayerParameter())
+
+
+def check_overwrite_and_accumulate(layer, bottom, top, seed=5):
+    """Caffe's contract: backward overwrites the bottom diff and adds to the
+    parameter diffs.  A second backward (without forward) must give the same
+    bottom diff and twice the parameter gradients."""
+    layer.forward(bottom, top)
+    top[0].diff[...] = np.random.default_rng(seed).uniform(-1, 1, size=top[0].shape)
+    for blob in layer.blobs:
+        blob.diff[...] = 0
+    bottom[0].diff[...] = 0
+    layer.backward(top, [True], bottom)
+    once = [bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs]
+    bottom[0].diff[...] = 123.0
+    layer.backward(top, [True], bottom)
+    np.testing.assert_allclose(bottom[0].diff, once[0], rtol=1e-6)
+    for blob, first in zip(layer.blobs, once[1:]):
+        np.testing.assert_allclose(blob.diff, 2 * first, rtol=1e-6)

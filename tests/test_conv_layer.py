@@ -6,7 +6,7 @@ import pytest
 
 import sppcaffe.im2col as im2col_module
 from golden_util import check_golden_layers
-from gradient_check import check_gradient, layer_param
+from gradient_check import check_gradient, check_overwrite_and_accumulate, layer_param
 from sppcaffe.blob import Blob
 from sppcaffe.im2col import Geometry, col2im, im2col
 from sppcaffe.layer import LayerError, create_layer
@@ -160,21 +160,10 @@ def test_reshape_follows_batch_and_spatial_size():
 
 
 def test_backward_overwrites_bottom_and_accumulates_parameters():
+    # The second backward (no forward) must recompute the columns that the
+    # first one overwrote with the column gradient.
     layer, bottom, top = setup("num_output: 3 kernel_size: 3 pad: 1 stride: 2", (2, 2, 6, 6))
-    layer.forward(bottom, top)
-    top[0].diff[...] = np.random.default_rng(5).uniform(-1, 1, size=top[0].shape)
-    for blob in layer.blobs:
-        blob.diff[...] = 0
-    bottom[0].diff[...] = 0
-    layer.backward(top, [True], bottom)
-    once = [bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs]
-    bottom[0].diff[...] = 123.0
-    # A second backward without forward must recompute the columns that
-    # the first one overwrote with the column gradient.
-    layer.backward(top, [True], bottom)
-    np.testing.assert_allclose(bottom[0].diff, once[0], rtol=1e-6)
-    for blob, first in zip(layer.blobs, once[1:]):
-        np.testing.assert_allclose(blob.diff, 2 * first, rtol=1e-6)
+    check_overwrite_and_accumulate(layer, bottom, top)
 
 
 def test_backward_skips_what_is_not_wanted():

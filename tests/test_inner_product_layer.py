@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import sppcaffe.im2col as im2col_module
-from gradient_check import check_gradient, layer_param
+from gradient_check import check_gradient, check_overwrite_and_accumulate, layer_param
 from sppcaffe.blob import Blob
 from sppcaffe.im2col import add_matmul
 from sppcaffe.layer import LayerError, create_layer
@@ -86,16 +86,7 @@ def test_transpose_stores_the_transposed_weights():
 
 def test_backward_overwrites_bottom_and_accumulates_parameters():
     layer, bottom, top = setup("num_output: 3", (4, 5))
-    layer.forward(bottom, top)
-    top[0].diff[...] = np.random.default_rng(2).uniform(-1, 1, size=top[0].shape)
-    bottom[0].diff[...] = 0
-    layer.backward(top, [True], bottom)
-    once = [bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs]
-    bottom[0].diff[...] = 50.0
-    layer.backward(top, [True], bottom)
-    np.testing.assert_allclose(bottom[0].diff, once[0], rtol=1e-6)
-    for blob, first in zip(layer.blobs, once[1:]):
-        np.testing.assert_allclose(blob.diff, 2 * first, rtol=1e-6)
+    check_overwrite_and_accumulate(layer, bottom, top)
 
 
 def test_backward_skips_what_is_not_wanted():

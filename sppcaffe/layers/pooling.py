@@ -284,9 +284,29 @@ def _hw_setting(layer, p, name, square):
     return getattr(p, square), getattr(p, square)
 
 
-@register("Pooling")
-class PoolingLayer(Layer):
+class MapPoolingLayer(Layer):
+    """Base of layers pooling (N, C, H, W) maps: their geometry is planned
+    by ``_plan(shape)`` (setting ``_top_shape``) only when the input shape
+    changes, since reshape runs before every forward."""
     exact_num_bottom = 1
+    _in_shape = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise self.error(f"input must have 4 axes (N, C, H, W), got shape {shape}")
+        if shape != self._in_shape:
+            self._plan(shape)
+            self._in_shape = shape
+        for t in top:
+            t.reshape(self._top_shape)
+
+    def _plan(self, shape):
+        raise NotImplementedError
+
+
+@register("Pooling")
+class PoolingLayer(MapPoolingLayer):
     min_num_top = 1
     max_num_top = 2        # MAX may output Caffe's argmax mask as a second top
 
@@ -319,17 +339,7 @@ class PoolingLayer(Layer):
         if self.kernel and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
             raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil_mode = p.round_mode == _P.CEIL
-        self._in_shape = None
         self._ws = Workspace()
-
-    def reshape(self, bottom, top):
-        shape = bottom[0].shape
-        if len(shape) != 4:
-            raise self.error(f"input must have 4 axes (N, C, H, W), got shape {shape}")
-        if shape != self._in_shape:
-            self._plan(shape)
-        for t in top:
-            t.reshape(self._top_shape)
 
     def _plan(self, shape):
         n, c, h, w = shape
@@ -348,7 +358,6 @@ class PoolingLayer(Layer):
         self.out_shape = out
         self._top_shape = (n, c) + out
         self._argmax = np.empty(self._top_shape, np.int32) if self.is_max else None
-        self._in_shape = shape
 
     def forward(self, bottom, top):
         x = bottom[0].data

@@ -22,9 +22,10 @@ import warnings
 import numpy as np
 
 from .. import spp_geometry as geometry
-from ..layer import Layer, register
+from ..layer import register
 from ..proto import caffe_pb2
-from .pooling import ave_pool_bins, ave_pool_bins_backward, max_pool_backward, max_pool_bins
+from .pooling import (MapPoolingLayer, ave_pool_bins, ave_pool_bins_backward, max_pool_backward,
+                      max_pool_bins)
 
 _S = caffe_pb2.SPPParameter
 _METHODS = {caffe_pb2.CAFFE: geometry.CAFFE, caffe_pb2.PAPER: geometry.PAPER,
@@ -32,8 +33,7 @@ _METHODS = {caffe_pb2.CAFFE: geometry.CAFFE, caffe_pb2.PAPER: geometry.PAPER,
 
 
 @register("SPP")
-class SPPLayer(Layer):
-    exact_num_bottom = 1
+class SPPLayer(MapPoolingLayer):
     exact_num_top = 1
 
     def layer_setup(self, bottom, top):
@@ -44,7 +44,6 @@ class SPPLayer(Layer):
         self.method = _METHODS[p.method]
         self.levels = self._read_levels(p)
         self.bvlc_single_level = self.method == geometry.CAFFE and self.levels == [1]
-        self._in_shape = None
         self._warned = False
 
     def _read_levels(self, p):
@@ -62,14 +61,6 @@ class SPPLayer(Layer):
             raise self.error(f"method CAFFE pools 1, 2, 4, ... bins per side, in that order "
                              f"(BVLC SPPLayer); got levels {levels}: use PAPER or ADAPTIVE")
         return levels
-
-    def reshape(self, bottom, top):
-        shape = bottom[0].shape
-        if len(shape) != 4:
-            raise self.error(f"input must have 4 axes (N, C, H, W), got shape {shape}")
-        if shape != self._in_shape:
-            self._plan(shape)
-        top[0].reshape(self._top_shape)
 
     def _plan(self, shape):
         n, c, h, w = shape
@@ -89,7 +80,6 @@ class SPPLayer(Layer):
         length = geometry.pyramid_output_length(self.levels, c)
         self._top_shape = (n, c, 1, 1) if self.bvlc_single_level else (n, length)
         self._argmax = [None] * len(self.levels)
-        self._in_shape = shape
 
     def _warn_uncovered(self, h, w):
         if self._warned:
