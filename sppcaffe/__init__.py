@@ -16,9 +16,14 @@ from .blob import Blob  # noqa: E402
 from .layer import LAYER_TYPES, Layer, LayerError, register  # noqa: E402
 from .net import TEST, TRAIN, Net  # noqa: E402
 from .random import set_random_seed  # noqa: E402
+from . import solvers  # noqa: E402
+from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,  # noqa: E402
+                      RMSPropSolver, SGDSolver, Solver, get_solver)
 
 __all__ = ["Blob", "Layer", "LayerError", "LAYER_TYPES", "Net", "TEST", "TRAIN", "io",
-           "register", "set_random_seed", "set_mode_cpu"]
+           "register", "set_random_seed", "set_mode_cpu", "solvers", "get_solver", "Solver",
+           "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
+           "AdamSolver"]
 
 
 def set_mode_cpu():

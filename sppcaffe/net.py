@@ -123,6 +123,10 @@ def insert_splits(param):
     return out
 
 
+def _is_hdf5(path):
+    return isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(".h5")
+
+
 class Net:
     """A runnable network, with pycaffe's interface.
 
@@ -441,10 +445,14 @@ class Net:
     # Weights
     # ------------------------------------------------------------------
     def copy_from(self, weights):
-        """Copy parameters from a .caffemodel (path or NetParameter) by
-        layer name, as Caffe's CopyTrainedLayersFrom: unknown source layers
-        are ignored; a blob count or shape mismatch is an error naming the
-        layer and both shapes."""
+        """Copy parameters from a .caffemodel or .caffemodel.h5 (path) or a
+        NetParameter, by layer name, as Caffe's CopyTrainedLayersFrom:
+        unknown source layers are ignored; a blob count or shape mismatch is
+        an error naming the layer and both shapes."""
+        if _is_hdf5(weights):
+            from .io import hdf5        # h5py is imported only when needed
+            hdf5.copy_into_net(self, weights)
+            return
         if isinstance(weights, caffe_pb2.NetParameter):
             source, src = "<NetParameter>", io.upgrade_net(weights)
         else:
@@ -478,9 +486,14 @@ class Net:
                 io.array_to_blob(blob.data, lp.blobs.add(), blob.diff if write_diff else None)
         return out
 
-    def save(self, path):
-        """Write the parameters as a binary .caffemodel (temp file + rename)."""
-        io.write_binary(self.to_proto(), path)
+    def save(self, path, write_diff=False):
+        """Write the parameters as a binary .caffemodel, or in Caffe's HDF5
+        layout for a path ending in .h5 (temp file + rename either way)."""
+        if _is_hdf5(path):
+            from .io import hdf5
+            hdf5.write_net(self, path, write_diff)
+        else:
+            io.write_binary(self.to_proto(write_diff=write_diff), path)
 
     def __repr__(self):
         return f"<Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} " \
