@@ -1,4 +1,4 @@
 """Every layer type, one module per family.  Importing this package fills
 the registry in sppcaffe.layer (type string -> class)."""
 from . import (activations, conv, data, inner_product, loss, lrn, pooling,  # noqa: F401
-               spp, structure)
+               spp, structure, window_spp)

@@ -32,6 +32,25 @@ _METHODS = {caffe_pb2.CAFFE: geometry.CAFFE, caffe_pb2.PAPER: geometry.PAPER,
             caffe_pb2.ADAPTIVE: geometry.ADAPTIVE}
 
 
+def read_levels(layer, p, method):
+    """The pyramid of an spp_param: bins per side of each level, in output
+    order (explicit `levels`, else BVLC's 1, 2, 4, ... from pyramid_height)."""
+    levels = list(p.levels)
+    if not levels:
+        if p.pyramid_height < 1:
+            raise layer.error("give pyramid_height >= 1 or a list of levels")
+        return geometry.pyramid_levels(p.pyramid_height)
+    if p.HasField("pyramid_height") and p.pyramid_height != len(levels):
+        raise layer.error(f"pyramid_height {p.pyramid_height} disagrees with the "
+                          f"{len(levels)} levels {levels}")
+    if min(levels) < 1:
+        raise layer.error(f"every level needs at least 1 bin per side, got {levels}")
+    if method == geometry.CAFFE and levels != geometry.pyramid_levels(len(levels)):
+        raise layer.error(f"method CAFFE pools 1, 2, 4, ... bins per side, in that order "
+                          f"(BVLC SPPLayer); got levels {levels}: use PAPER or ADAPTIVE")
+    return levels
+
+
 @register("SPP")
 class SPPLayer(MapPoolingLayer):
     exact_num_top = 1
@@ -42,25 +61,9 @@ class SPPLayer(MapPoolingLayer):
             raise self.error("STOCHASTIC pooling is not implemented (use MAX or AVE)")
         self.is_max = p.pool == _S.MAX
         self.method = _METHODS[p.method]
-        self.levels = self._read_levels(p)
+        self.levels = read_levels(self, p, self.method)
         self.bvlc_single_level = self.method == geometry.CAFFE and self.levels == [1]
         self._warned = False
-
-    def _read_levels(self, p):
-        levels = list(p.levels)
-        if not levels:
-            if p.pyramid_height < 1:
-                raise self.error("give pyramid_height >= 1 or a list of levels")
-            return geometry.pyramid_levels(p.pyramid_height)
-        if p.HasField("pyramid_height") and p.pyramid_height != len(levels):
-            raise self.error(f"pyramid_height {p.pyramid_height} disagrees with the "
-                             f"{len(levels)} levels {levels}")
-        if min(levels) < 1:
-            raise self.error(f"every level needs at least 1 bin per side, got {levels}")
-        if self.method == geometry.CAFFE and levels != geometry.pyramid_levels(len(levels)):
-            raise self.error(f"method CAFFE pools 1, 2, 4, ... bins per side, in that order "
-                             f"(BVLC SPPLayer); got levels {levels}: use PAPER or ADAPTIVE")
-        return levels
 
     def _plan(self, shape):
         n, c, h, w = shape

@@ -1,0 +1,10 @@
+"""SPP-net object detection (He et al., TPAMI 2015, Sec. 4 and appendix).
+
+- ``boxes``: pixel-inclusive boxes, IoU, NMS, box-regression targets;
+- ``mapping``: image windows -> conv-map cells, and the scale per window;
+- ``window_pool``: spatial pyramid pooling of many windows of one map;
+- ``voc`` and ``evaluation``: Pascal VOC data and the devkit's AP;
+- ``synthetic``: a small VOC-format dataset made without a download.
+
+The net layer built on them is ``WindowSPP`` (sppcaffe.layers.window_spp).
+"""
