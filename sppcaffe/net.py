@@ -437,6 +437,12 @@ class Net:
             raise LayerError(f"net '{self.name}' has no MemoryData layer")
         layers[0].set_input_arrays(data, labels)
 
+    def close(self):
+        """Stop the data layers' prefetch threads and close their sources."""
+        for layer in self.layers:
+            if hasattr(layer, "close"):
+                layer.close()
+
     def clear_param_diffs(self):
         for p in self.learnable_params:
             p.diff[...] = 0

@@ -53,9 +53,9 @@ def build_parser():
         description="Benchmark a net's execution time, layer by layer, as `caffe time`: "
                     "average forward and backward milliseconds per layer and per pass.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Data layers (Data, ImageData, HDF5Data, WindowData) are not read: give the\n"
-               "shape of each of their tops with --data-shape and they are filled with random\n"
-               "values (labels with random classes). Example:\n\n"
+        epilog="Data layers (Data, ImageData, HDF5Data, WindowData) read their sources. To time a\n"
+               "net without its databases, give the shape of each of their tops with --data-shape:\n"
+               "they are then filled with random values (labels with random classes). Example:\n\n"
                "  %(prog)s --model models/zf5_spp/train_val.prototxt \\\n"
                "      --data-shape data=8,3,224,224 --data-shape label=8 --iterations 10")
     parser.add_argument("--model", required=True, help="the net's prototxt")
@@ -122,9 +122,9 @@ def load_net(args):
             raise CliError(f"{args.model}: {err}") from None
         hints = "\n".join(f"  {data_shape_hint(lp)}" for lp in missing)
         names = ", ".join(f"'{lp.name}' ({lp.type})" for lp in missing)
-        raise CliError(f"{args.model}: {PROG} does not read the sources of data layer(s) {names}; "
-                       f"give the shape of each of their tops to fill them with random data, "
-                       f"e.g.\n{hints}") from None
+        raise CliError(f"{args.model}: {err}\nTo time the net without the sources of data "
+                       f"layer(s) {names}, give the shape of each of their tops to fill them "
+                       f"with random data, e.g.\n{hints}") from None
     except (OSError, ValueError) as err:
         raise CliError(f"{args.model}: {err}") from None
     if args.weights is not None:
@@ -154,7 +154,7 @@ def fed_blobs(net):
     tops of data layers that are not read from their sources."""
     names = list(net.inputs)
     for layer, tops in zip(net.layers, net.top_vecs):
-        if isinstance(layer, ExternalDataLayer):
+        if getattr(layer, "fed_from_python", False):
             names += [t.name for t in tops if t.name not in names]
     return names
 

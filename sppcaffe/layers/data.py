@@ -1,11 +1,21 @@
 """Layers that bring data into a net: Input (fed from Python), DummyData,
 MemoryData, and the database/file readers (Data, ImageData, HDF5Data,
-WindowData)."""
+WindowData) whose reading lives in sppcaffe.data."""
+import logging
+import weakref
+
 import numpy as np
 
+from ..data.db_batches import DBBatchReader
+from ..data.hdf5_batches import HDF5BatchReader
+from ..data.image_list import ImageListBatchReader
+from ..data.prefetch import Prefetcher, SynchronousBatches
+from ..data.window_file import WindowBatchReader
 from ..fillers import fill
 from ..layer import Layer, register
 from ..proto import caffe_pb2
+
+_log = logging.getLogger(__name__)
 
 
 @register("Input")
@@ -110,54 +120,118 @@ class MemoryDataLayer(Layer):
 
 
 class ExternalDataLayer(Layer):
-    """A reader of databases or files.  Until the reader itself is
-    implemented, the layer works only when the net is given the shapes of
-    its tops (`Net(..., data_shapes={...})`): it then acts as an input that
-    Python fills, which is enough to build and run train/val nets."""
+    """Base of the layers reading databases and files.
+
+    Normally setup builds the layer's reader (sppcaffe.data), shapes the
+    tops from its first item as Caffe's DataLayerSetUp, and starts a
+    prefetch thread keeping `data_param.prefetch` batches ready (default 4;
+    `prefetch: 0` prepares each batch in forward instead).  Forward copies
+    the next batch into the tops, reshaping them when its shape changed
+    (batch_size 1 images of varying sizes, multi-size epochs).
+
+    Batches are the same with and without prefetching and repeatable:
+    the reader draws from its own generator, seeded from sppcaffe.random
+    when the layer is set up, so `set_random_seed(s)` before building the
+    net fixes every crop, mirror and shuffle.
+
+    When the net is given the shapes of the layer's tops
+    (`Net(..., data_shapes={...})`), the source is not opened: the tops
+    keep those shapes and Python fills them (`fed_from_python` is True).
+
+    `epoch` and `current_size` describe the last batch delivered: its pass
+    over the source and its multi-size side (None without multi-size).
+    `close()` stops the thread and closes the source; it also runs when
+    the layer is garbage collected and at interpreter exit.
+    """
     exact_num_bottom = 0
     min_num_top = 1
     is_data = True
+    reader_class = None
 
-    def source(self):
-        return ""
+    def make_reader(self, top):
+        return self.reader_class(self.param, self.phase, len(top))
 
     def layer_setup(self, bottom, top):
-        shapes = getattr(self, "net_data_shapes", {}) or {}
-        missing = [t.name for t in top if t.name not in shapes]
-        if missing:
-            raise self.error(
-                f"cannot read source '{self.source()}': this build does not read {self.type} "
-                f"sources yet; give the shapes of tops {missing} with "
-                f"Net(..., data_shapes={{name: shape}}) and fill them from Python")
-        for t in top:
-            t.reshape(shapes[t.name])
+        self.epoch, self.current_size = 0, None
+        self._batches = None
+        self._logged_epoch = None
+        shapes = getattr(self, "net_data_shapes", None) or {}
+        given = [t.name for t in top if t.name in shapes]
+        self.fed_from_python = bool(given)
+        if given:
+            missing = [t.name for t in top if t.name not in shapes]
+            if missing:
+                raise self.error(f"data_shapes gives tops {given} but not {missing}; give the "
+                                 "shapes of all the layer's tops or of none")
+            for t in top:
+                t.reshape(shapes[t.name])
+            return
+        reader = self.make_reader(top)
+        try:
+            for t, shape in zip(top, reader.top_shapes()):
+                t.reshape(shape)
+            self.current_size = reader.size(0)
+            depth = int(self.param.data_param.prefetch)
+            self._batches = (Prefetcher(reader, depth, self.name) if depth > 0
+                             else SynchronousBatches(reader))
+        except BaseException:
+            reader.close()
+            raise
+        # Holds the batches, not the layer: a collected net stops its thread.
+        self._finalizer = weakref.finalize(self, self._batches.close)
+        _log.info("%s layer '%s': output data size: %s", self.type, self.name,
+                  ", ".join(",".join(map(str, t.shape)) for t in top))
 
     def reshape(self, bottom, top):
         pass
 
     def forward(self, bottom, top):
-        pass
+        if self.fed_from_python:
+            return
+        if self._batches is None:
+            raise self.error("the layer was closed")
+        batch = self._batches.next()
+        for t, array in zip(top, batch.arrays):
+            t.reshape(array.shape)
+            t.data[...] = array
+        self.epoch, self.current_size = batch.epoch, batch.size
+        if batch.size is not None and batch.epoch != self._logged_epoch:
+            self._logged_epoch = batch.epoch
+            _log.info("%s layer '%s': epoch %d, input size %dx%d", self.type, self.name,
+                      batch.epoch, batch.size, batch.size)
+
+    def close(self):
+        """Stop the prefetch thread and close the source."""
+        if self._batches is not None:
+            self._finalizer()
+            self._batches = None
 
 
 @register("Data")
 class DataLayer(ExternalDataLayer):
-    def source(self):
-        return self.param.data_param.source
+    """Datums from an LMDB database (data_param); top 1, when present, gets
+    the labels."""
+    max_num_top = 2
+    reader_class = DBBatchReader
 
 
 @register("ImageData")
 class ImageDataLayer(ExternalDataLayer):
-    def source(self):
-        return self.param.image_data_param.source
+    """Images named in a list file of `path label` lines (image_data_param)."""
+    exact_num_top = 2
+    reader_class = ImageListBatchReader
 
 
 @register("HDF5Data")
 class HDF5DataLayer(ExternalDataLayer):
-    def source(self):
-        return self.param.hdf5_data_param.source
+    """Rows of HDF5 datasets named by the tops (hdf5_data_param)."""
+
+    def make_reader(self, top):
+        return HDF5BatchReader(self.param, self.phase, [t.name for t in top])
 
 
 @register("WindowData")
 class WindowDataLayer(ExternalDataLayer):
-    def source(self):
-        return self.param.window_data_param.source
+    """Windows of an R-CNN window file, warped (window_data_param)."""
+    exact_num_top = 2
+    reader_class = WindowBatchReader

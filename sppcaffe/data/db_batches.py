@@ -1,0 +1,77 @@
+"""Batches of the Data layer: Datums read from an LMDB database in key
+order, cycling at its end (Caffe's data_layer.cpp)."""
+import logging
+
+import numpy as np
+
+from .batch import Batch, BatchReader
+from .datum import datum_to_array, parse_datum
+from .db import DatumReader
+from .errors import DataError
+from .transformer import DataTransformer
+
+_log = logging.getLogger(__name__)
+
+
+class DBBatchReader(BatchReader):
+    type = "Data"
+
+    def __init__(self, param, phase, num_top):
+        super().__init__(param.name, num_top)
+        p = param.data_param
+        self.batch_size = int(p.batch_size)
+        if self.batch_size <= 0:
+            raise self.error("data_param.batch_size must be positive")
+        self.transformer = DataTransformer(param.transform_param, phase, self.rng, self.where)
+        try:
+            self.db = DatumReader(p.source, p.backend)
+        except DataError as err:
+            raise self.error(str(err)) from None
+        try:
+            if p.rand_skip:
+                skip = int(self.rng.integers(p.rand_skip))
+                _log.info("%s: skipping first %d data points", self.where, skip)
+                self.db.skip(skip)
+            key, value = self.db.peek()
+            self._first_name = key.decode(errors="replace")
+            datum, where = self._parse(key, value)
+            if self.transformer.forces_decoding and not datum.encoded:
+                _log.warning("%s: force_color and force_gray only apply to encoded datums; "
+                             "'%s' holds raw pixels", self.where, p.source)
+            self._first_shape = self._pixels(datum, where).shape
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _parse(self, key, value):
+        where = f"datum '{key.decode(errors='replace')}' of '{self.db.path}'"
+        try:
+            return parse_datum(value, where), where
+        except DataError as err:
+            raise self.error(str(err)) from None
+
+    def _pixels(self, datum, where):
+        try:
+            return datum_to_array(datum, self.transformer.decode_mode, where)
+        except DataError as err:
+            raise self.error(str(err)) from None
+
+    def top_shapes(self):
+        item = self.transformer.output_shape(self._first_shape, 0, self._first_name)
+        return [(self.batch_size,) + item, (self.batch_size,)][:self.num_top]
+
+    def next_batch(self):
+        epoch = self.db.epoch
+        items, names = [], []
+        labels = np.empty(self.batch_size, np.float32)
+        for i in range(self.batch_size):
+            key, value = self.db.next()
+            datum, where = self._parse(key, value)
+            items.append(self._pixels(datum, where))
+            labels[i] = datum.label
+            names.append(key.decode(errors="replace"))
+        data = self.transformer.transform(items, epoch, names)
+        return Batch([data, labels][:self.num_top], epoch, self.transformer.size(epoch))
+
+    def close(self):
+        self.db.close()

@@ -1,0 +1,111 @@
+"""Batches of the HDF5Data layer (Caffe's hdf5_data_layer.cpp).
+
+`source` is a text file listing .h5 files (whitespace separated, paths as
+given, i.e. relative to the working directory as in Caffe).  Each file
+holds one dataset per top, named like the top, all with the same number
+of rows; a batch takes rows in order and runs on into the next file.
+`shuffle` permutes the file order (again at every pass) and the rows of
+every file.  Files are loaded whole, one at a time.
+"""
+import os
+
+import h5py
+import numpy as np
+
+from .batch import Batch, BatchReader
+
+
+class HDF5BatchReader(BatchReader):
+    type = "HDF5Data"
+
+    def __init__(self, param, phase, top_names):
+        super().__init__(param.name, len(top_names))
+        if param.HasField("transform_param"):
+            raise self.error("HDF5Data does not transform data: remove transform_param")
+        p = param.hdf5_data_param
+        self.source, self.top_names = p.source, list(top_names)
+        self.batch_size = int(p.batch_size)
+        if self.batch_size <= 0:
+            raise self.error("hdf5_data_param.batch_size must be positive")
+        self.shuffle = bool(p.shuffle)
+        try:
+            with open(self.source, encoding="utf-8") as f:
+                self.files = f.read().split()
+        except OSError as err:
+            raise self.error(f"cannot read HDF5 file list '{self.source}': "
+                             f"{err.strerror}") from None
+        if not self.files:
+            raise self.error(f"'{self.source}' lists no HDF5 files")
+        self.file_order = np.arange(len(self.files))
+        if self.shuffle:
+            self.rng.shuffle(self.file_order)
+        self.current_file, self.epoch = 0, 0
+        self.item_shapes = None
+        self._load(self.file_order[0])
+
+    def _load(self, index):
+        path = self.files[index]
+        if not os.path.isfile(path):
+            raise self.error(f"cannot open HDF5 file '{path}' (listed in '{self.source}'): "
+                             "no such file")
+        try:
+            with h5py.File(path, "r") as f:
+                missing = [name for name in self.top_names
+                           if not isinstance(f.get(name), h5py.Dataset)]
+                if missing:
+                    raise self.error(f"HDF5 file '{path}' has no dataset named {missing} "
+                                     f"(datasets: {sorted(f.keys())}); datasets are named "
+                                     "by the layer's tops")
+                arrays = [np.asarray(f[name], np.float32) for name in self.top_names]
+        except OSError as err:
+            raise self.error(f"cannot read HDF5 file '{path}': {err}") from None
+        rows = {a.shape[0] if a.ndim else 0 for a in arrays}
+        if len(rows) != 1 or 0 in rows:
+            counts = ", ".join(f"{n}: {a.shape}" for n, a in zip(self.top_names, arrays))
+            raise self.error(f"HDF5 file '{path}': the datasets need the same, non-zero, "
+                             f"number of rows; got {counts}")
+        shapes = [a.shape[1:] for a in arrays]
+        if self.item_shapes is not None and shapes != self.item_shapes:
+            raise self.error(f"HDF5 file '{path}' has rows of shapes {shapes}, the first file "
+                             f"had {self.item_shapes}")
+        self.item_shapes = shapes
+        self.data = arrays
+        self.row = 0
+        self.row_order = np.arange(rows.pop())
+        if self.shuffle:
+            self.rng.shuffle(self.row_order)
+
+    def _end_of_file(self):
+        """Caffe's Next() past the last row: the next file, or the same one
+        again (a new pass) when it is the only one."""
+        if len(self.files) > 1:
+            self.current_file += 1
+            if self.current_file == len(self.files):
+                self.current_file = 0
+                self.epoch += 1
+                if self.shuffle:
+                    self.rng.shuffle(self.file_order)
+            self._load(self.file_order[self.current_file])
+        else:
+            self.epoch += 1
+            self.row = 0
+            if self.shuffle:
+                self.rng.shuffle(self.row_order)
+
+    def top_shapes(self):
+        return [(self.batch_size,) + tuple(shape) for shape in self.item_shapes]
+
+    def next_batch(self):
+        epoch = self.epoch
+        out = [np.empty(shape, np.float32) for shape in self.top_shapes()]
+        filled = 0
+        while filled < self.batch_size:
+            take = min(self.batch_size - filled, len(self.row_order) - self.row)
+            rows = self.row_order[self.row:self.row + take]
+            for batch, data in zip(out, self.data):
+                batch[filled:filled + take] = data[rows]
+            filled += take
+            self.row += take
+            if self.row == len(self.row_order):
+                self._end_of_file()
+        return Batch(out, epoch, None)

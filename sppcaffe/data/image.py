@@ -1,0 +1,50 @@
+"""Images through OpenCV, as Caffe's util/io.cpp reads them: BGR channel
+order, uint8, resized with cv::resize's default bilinear interpolation.
+Arrays handed to the rest of sppcaffe are CHW (channels first)."""
+import os
+
+import cv2
+import numpy as np
+
+from .errors import DataError
+
+# How encoded images are decoded: Caffe's DecodeDatumToCVMat(datum, is_color)
+# and DecodeDatumToCVMatNative (flag -1: keep the file's own channels).
+DECODE_FLAGS = {"color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE,
+                "native": cv2.IMREAD_UNCHANGED}
+
+
+def read_image(path, height=0, width=0, is_color=True):
+    """Caffe's ReadImageToCVMat: the image at `path` as an HWC (colour) or
+    HW (grey) uint8 array, resized to height x width when both are > 0;
+    None when the file cannot be read or decoded (as Caffe, which logs
+    and goes on)."""
+    flag = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
+    image = cv2.imread(os.fspath(path), flag)
+    if image is None:
+        return None
+    if height > 0 and width > 0:
+        image = cv2.resize(image, (width, height))
+    return image
+
+
+def decode_image(data, mode="native"):
+    """Decode JPEG/PNG/... bytes (`mode` one of DECODE_FLAGS); None if the
+    bytes are not an image OpenCV can decode."""
+    if not data:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS[mode])
+
+
+def encode_image(image, encoding):
+    """cv::imencode(".jpg"/".png", image) as bytes (OpenCV's default quality)."""
+    ok, buffer = cv2.imencode("." + encoding, image)
+    if not ok:
+        raise DataError(f"OpenCV cannot encode an image as '{encoding}'")
+    return buffer.tobytes()
+
+
+def to_chw(image):
+    """An OpenCV image (HW or HWC) as a CHW view."""
+    return image[np.newaxis] if image.ndim == 2 else image.transpose(2, 0, 1)
+
