@@ -4,7 +4,11 @@
 - ``mapping``: image windows -> conv-map cells, and the scale per window;
 - ``window_pool``: spatial pyramid pooling of many windows of one map;
 - ``voc`` and ``evaluation``: Pascal VOC data and the devkit's AP;
-- ``synthetic``: a small VOC-format dataset made without a download.
+- ``synthetic``: a small VOC-format dataset made without a download;
+- ``proposals``: selective search (cached per image) and precomputed boxes;
+- ``features`` and ``cache``: conv5 maps once per scale, pooled window
+  features cached per image; the R-CNN path (warp every window);
+- ``svd``: truncated SVD of fc layers (Fast R-CNN style).
 
 The net layer built on them is ``WindowSPP`` (sppcaffe.layers.window_spp).
 """
