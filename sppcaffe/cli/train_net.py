@@ -1,0 +1,257 @@
+"""`caffe train` for sppcaffe: train or fine-tune a net from a solver prototxt.
+
+As BVLC tools/caffe.cpp `train()`: `--snapshot` resumes from a
+.solverstate, `--weights` copies .caffemodel weights into the train net and
+the test nets before training (fine-tuning; not with --snapshot), SIGINT
+stops (with a snapshot) and SIGHUP snapshots unless told otherwise, and the
+log lines are Caffe's, on stderr.  Conveniences on top:
+
+- `--iters N` replaces max_iter; `--cfg file.yml` and `--set key=value`
+  override any SolverParameter field by name (see sppcaffe/cli/config.py);
+- the snapshot folder is created when missing;
+- a progress bar on a terminal (not with --no-progress);
+- one BLAS thread for small nets, where more only cost time (--threads N
+  to choose);
+- at the end, `<snapshot_prefix>_training.csv` and `_training.png`: the
+  training loss and the test outputs against the iteration.
+"""
+import argparse
+import contextlib
+import logging
+import math
+import os
+import sys
+
+from .. import io
+from ..proto import caffe_pb2
+from ..solvers import get_solver
+from ..solvers.signals import ACTIONS, SNAPSHOT, STOP
+from ..solvers.solver import default_snapshot_prefix
+from . import config, progress
+
+PROG = "train_net"
+GPU_UNAVAILABLE = "GPU backend not available in this build; run without --gpu"
+log = logging.getLogger("sppcaffe")
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train or fine-tune a net from a solver prototxt, as `caffe train`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides (applied in this order: --cfg, --set, --iters):\n"
+               "  --cfg my.yml           a YAML mapping of SolverParameter fields, e.g.\n"
+               "                         'base_lr: 0.005' or 'stepvalue: [2000, 3000]'\n"
+               "  --set base_lr=0.005    one field; dotted for nested fields\n"
+               "                         (--set train_state.level=1); repeat the flag\n\n"
+               "Example:\n"
+               "  %(prog)s --solver solvers/demo_spp.prototxt --set base_lr=0.02 --iters 500")
+    parser.add_argument("--solver", required=True, help="the solver prototxt")
+    parser.add_argument("--weights", metavar="A.caffemodel[,B.caffemodel...]",
+                        help="weights copied into the train and test nets before training "
+                             "(fine-tuning); comma-separated files are copied in order")
+    parser.add_argument("--snapshot", metavar="FILE.solverstate",
+                        help="resume training from a solver state")
+    parser.add_argument("--iters", type=int, metavar="N", help="train to N iterations "
+                        "(replaces the solver's max_iter)")
+    parser.add_argument("--cfg", metavar="FILE.yml",
+                        help="YAML file of SolverParameter fields to override")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="settings", help="override one SolverParameter field; repeatable")
+    parser.add_argument("--level", type=int, help="train net level (train_state.level)")
+    parser.add_argument("--stage", action="append", default=[],
+                        help="train net stage (added to train_state.stage); repeatable")
+    parser.add_argument("--sigint-effect", choices=ACTIONS, default=STOP,
+                        help="what Ctrl-C (SIGINT) does: %(choices)s (default: %(default)s)")
+    parser.add_argument("--sighup-effect", choices=ACTIONS, default=SNAPSHOT,
+                        help="what SIGHUP does: %(choices)s (default: %(default)s)")
+    add_common_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is shown only when stderr is a terminal)")
+    parser.add_argument("--no-plot", action="store_true",
+                        help="do not write the _training.csv and _training.png files")
+    return parser
+
+
+def add_common_arguments(parser):
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="BLAS threads (default: 1 for a small net, whose largest conv/fc "
+                             "layer has under 20 M multiply-adds per pass, else the BLAS "
+                             "library's own choice, one per core)")
+    parser.add_argument("--gpu", nargs="?", const="0", metavar="IDS",
+                        help="run on GPU(s) (not available in this build)")
+
+
+# Below this many multiply-adds in its largest conv/fc layer, a net runs
+# faster on one BLAS thread: the matrix products are too small to split,
+# and idle BLAS threads waiting for work slow everything down several times
+# when other processes share the cores (the demo net: ~3 M; ZF-5 at batch
+# 1: 170 M).
+SMALL_NET_MACS = 20_000_000
+
+
+def largest_layer_macs(net):
+    """Multiply-adds of the net's largest Convolution or InnerProduct layer
+    at its current shapes (each output value is one weight row's dot product)."""
+    sizes = [tops[0].count * math.prod(layer.blobs[0].shape[1:])
+             for layer, tops in zip(net.layers, net.top_vecs)
+             if layer.param.type in ("Convolution", "InnerProduct") and layer.blobs]
+    return max(sizes, default=0)
+
+
+@contextlib.contextmanager
+def blas_threads(requested, net):
+    """Cap the BLAS threads inside the block: at `requested`, or at 1 for a
+    small `net` when nothing was requested (the limit is undone on exit, so
+    a caller's process keeps its own setting)."""
+    if requested is not None and requested < 1:
+        raise CliError(f"--threads must be at least 1, got {requested}")
+    if requested is None:
+        macs = largest_layer_macs(net)
+        if macs >= SMALL_NET_MACS:
+            yield
+            return
+        requested = 1
+        log.info("BLAS threads: 1 for this small net (largest layer %.1f M multiply-adds; "
+                 "--threads N to change)", macs / 1e6)
+    else:
+        log.info("BLAS threads: %d", requested)
+    from threadpoolctl import threadpool_limits      # installed with scikit-learn
+    with threadpool_limits(limits=requested, user_api="blas"):
+        yield
+
+
+# ---------------------------------------------------------------------------
+# The solver parameters
+# ---------------------------------------------------------------------------
+def solver_parameters(args):
+    """The solver file's SolverParameter with the command line's overrides."""
+    if not os.path.isfile(args.solver):
+        raise CliError(f"cannot read solver '{args.solver}': no such file")
+    param = io.read_solver(args.solver)
+    if args.cfg is not None:
+        config.apply_cfg(param, config.load_cfg(args.cfg), args.cfg)
+    config.apply_settings(param, [config.Setting(s) for s in args.settings])
+    if args.iters is not None:
+        if args.iters < 0:
+            raise CliError(f"--iters must be >= 0, got {args.iters}")
+        param.max_iter = args.iters
+    # As caffe train: the command line's level and stages go to train_state.
+    if args.level is not None:
+        param.train_state.level = args.level
+    param.train_state.stage.extend(s for s in args.stage if s not in param.train_state.stage)
+    default_snapshot_prefix(param, args.solver)
+    return param
+
+
+def make_snapshot_folder(param):
+    """Create the folder of snapshot_prefix (Caffe requires it to exist)."""
+    folder = os.path.dirname(param.snapshot_prefix)
+    writes_snapshots = param.snapshot > 0 or param.snapshot_after_train
+    if folder and writes_snapshots and not os.path.isdir(folder):
+        os.makedirs(folder)
+        log.info("Created snapshot folder %s", folder)
+
+
+def copy_weights(solver, weights):
+    """caffe.cpp's CopyLayers: each model, in order, into the train net and
+    every test net."""
+    for model in (m.strip() for m in weights.split(",")):
+        if not model:
+            continue
+        if not os.path.isfile(model):
+            raise CliError(f"cannot read weights '{model}': no such file")
+        log.info("Finetuning from %s", model)
+        for net in [solver.net] + list(solver.test_nets):
+            net.copy_from(model)
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+def train(args):
+    param = solver_parameters(args)
+    log.info("Use CPU.")
+    if param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        log.info("%s asks for solver_mode GPU; this build trains on the CPU", args.solver)
+    make_snapshot_folder(param)
+    solver = get_solver(param, sigint_effect=args.sigint_effect,
+                        sighup_effect=args.sighup_effect)
+    with blas_threads(args.threads, solver.net):
+        run_solver(solver, param, args)
+    return 0
+
+
+def run_solver(solver, param, args):
+    """Resume or fine-tune, train to max_iter, write the curves."""
+    curves = progress.TrainingCurves()
+    if args.snapshot:
+        if not os.path.isfile(args.snapshot):
+            raise CliError(f"cannot read snapshot '{args.snapshot}': no such file")
+        log.info("Resuming from %s", args.snapshot)
+        solver.restore(args.snapshot)
+        curves.keep_earlier(progress.curve_paths(param.snapshot_prefix)[0], solver.iter)
+    elif args.weights:
+        copy_weights(solver, args.weights)
+    solver.add_listener(curves)
+    bar = progress.ProgressBar(solver, enabled=sys.stderr.isatty() and not args.no_progress)
+    log.info("Starting Optimization")
+    try:
+        solver.solve()
+    finally:
+        bar.close()
+        if curves.rows and not args.no_plot:
+            title = f"{solver.net.name} ({os.path.basename(args.solver)})"
+            csv_path, png_path = curves.write(param.snapshot_prefix, title)
+            log.info("Training curves written to %s and %s", png_path, csv_path)
+
+
+def is_user_error(err):
+    """Errors about the user's files and flags (shown as one message),
+    as opposed to bugs (shown with their traceback)."""
+    if isinstance(err, (CliError, OSError)):
+        return True
+    return isinstance(err, ValueError) and type(err).__module__.startswith("sppcaffe")
+
+
+def error_text(err):
+    return "\n".join([str(err)] + list(getattr(err, "__notes__", [])))
+
+
+def run_tool(prog, body, args):
+    """Run `body(args)` as a command-line tool: --gpu refused (exit 2),
+    Caffe-format logging on stderr, user errors as one line (exit 1),
+    Ctrl-C outside training as exit 130."""
+    if getattr(args, "gpu", None) is not None:
+        print(f"{prog}: error: {GPU_UNAVAILABLE}", file=sys.stderr)
+        return 2
+    restore_logging = progress.configure_logging()
+    try:
+        return body(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"{prog}: error: {error_text(err)}", file=sys.stderr)
+        return 1
+    finally:
+        restore_logging()
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.snapshot and args.weights:
+        # caffe train's check: resuming restores the weights the snapshot names.
+        parser.error("give --snapshot to resume training or --weights to fine-tune, not both")
+    return run_tool(PROG, train, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
