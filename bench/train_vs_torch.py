@@ -172,11 +172,12 @@ def worker(args):
     """Times one case; with the data layer, also the preparation of one
     batch on its own (in sppcaffe it overlaps the step, in a thread)."""
     def measure_case(step, batch):
+        # The batch alone first: after a step, torch's idle OpenMP threads
+        # still spin for a while and would be charged to it.
+        batch_ms = median_ms(batch, 2, 20)[0] if args.case == "data" else None
         median, times = median_ms(step, args.warmup, args.runs)
-        result = {"median_ms": median, "times_ms": times, "peak_rss_mib": peak_rss_mib()}
-        if args.case == "data":
-            result["batch_ms"] = median_ms(batch, 2, 20)[0]
-        return result
+        return {"median_ms": median, "times_ms": times, "peak_rss_mib": peak_rss_mib(),
+                "batch_ms": batch_ms}
 
     if args.framework == "torch":
         import torch

@@ -17,9 +17,11 @@ Steps (each folder is kept in the work directory and reused by a rerun):
                 initialization, seeded), with conv1 scaled once so that the
                 pooled features of the training images have a mean norm
                 of 20.  (--trunk-weights uses trained ones instead.)
-4. cache/       SPP features: the trunk runs ONCE per image at one scale
-                (shorter side --scale), and every window is pooled from its
-                conv5 map by a 4x4, 2x2, 1x1 pyramid (1344 numbers).
+4. cache/       SPP features: the trunk runs ONCE per image and scale
+                (--scales, default one: shorter side 800, about twice the
+                images' 300-500, as SPP-net's 688 is for VOC's ~375),
+                and every window is pooled from its conv5 map by a 4x4, 2x2,
+                1x1 pyramid (1344 numbers).
 5. training on trainval: SVMs on the pooled features ("pool5"); fc6-fc8
    fine-tuned on the cached features (solvers/detection_demo_finetune.
    prototxt) and SVMs on the fine-tuned fc7 ("ftfc7"); box regressors.

@@ -8,7 +8,12 @@
 - ``proposals``: selective search (cached per image) and precomputed boxes;
 - ``features`` and ``cache``: conv5 maps once per scale, pooled window
   features cached per image; the R-CNN path (warp every window);
-- ``svd``: truncated SVD of fc layers (Fast R-CNN style).
+- ``svd``: truncated SVD of fc layers (Fast R-CNN style);
+- ``config``: the YAML settings of SVMs, fine-tuning, regression, testing;
+- ``svm``: per-class linear SVMs with hard-negative mining (R-CNN);
+- ``finetune``: fc6-fc8 fine-tuning on cached features;
+- ``bbox_regression``: ridge box regression on pooled conv5 features;
+- ``detect``: scoring, NMS, regression, evaluation and pictures.
 
 The net layer built on them is ``WindowSPP`` (sppcaffe.layers.window_spp).
 """
