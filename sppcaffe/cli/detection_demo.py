@@ -50,7 +50,7 @@ from ..detection import (bbox_regression, cache, detect, features, finetune, pro
                          synthetic, voc)
 from ..detection.config import load_config
 from ..io.atomic import atomic_write
-from .progress import configure_logging
+from .progress import run_main
 from .train_svms import CachedSet
 
 PROG = "detection_demo"
@@ -381,18 +381,9 @@ def main(argv=None):
     if args.images < 8:
         print(f"{PROG}: error: give at least 8 images", file=sys.stderr)
         return 2
-    restore_logging = configure_logging(level=logging.INFO if args.verbose else logging.WARNING)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (finished steps are kept in the work directory)",
-              file=sys.stderr)
-        return 130
-    except (OSError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    finally:
-        restore_logging()
+    return run_main(PROG, run, args,
+                    interrupted="interrupted (finished steps are kept in the work directory)",
+                    level=logging.INFO if args.verbose else logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from ..layer import LayerError
 from ..net import TEST, Net
 from ..proto import caffe_pb2
 from .progress import configure_logging
+from . import CliError
 
 PROG = "extract_features"
 GPU_UNAVAILABLE = "GPU backend not available in this build; use CPU"
@@ -59,10 +60,6 @@ log = logging.getLogger("sppcaffe")
 # The default nets, found from the checkout this module lives in.
 MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "models", "zf5_spp")
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback."""
 
 
 # ---------------------------------------------------------------------------

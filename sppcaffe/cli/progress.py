@@ -291,3 +291,20 @@ def element_names(pairs):
             name = f"{name}#{index}"
         named.append((name, value))
     return named
+
+
+def run_main(prog, run, args, interrupted="interrupted", level=None):
+    """Run a tool's `run(args)` with Caffe-style logging: user errors
+    (OSError, ValueError and their kin) become one line and exit code 1,
+    Ctrl-C exit code 130; no traceback either way."""
+    restore_logging = configure_logging() if level is None else configure_logging(level=level)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        restore_logging()

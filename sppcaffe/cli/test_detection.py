@@ -27,7 +27,7 @@ from ..detection.config import DetectionConfigError, load_config
 from ..detection.evaluation import AREA, VOC07
 from ..detection.svm import SVMModel
 from ..io.atomic import atomic_write
-from .progress import configure_logging
+from .progress import run_main
 from .train_svms import CachedSet, CliError, add_config_arguments
 
 PROG = "test_detection"
@@ -129,22 +129,8 @@ def run(args):
     return 0
 
 
-USER_ERRORS = (CliError, OSError, ValueError)
-
-
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    restore_logging = configure_logging()
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except USER_ERRORS as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    finally:
-        restore_logging()
+    return run_main(PROG, run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

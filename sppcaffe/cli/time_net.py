@@ -20,6 +20,7 @@ from ..layer import LAYER_TYPES, LayerError
 from ..layers.data import ExternalDataLayer
 from ..net import TEST, TRAIN, Net, filter_net
 from ..random import set_random_seed
+from . import CliError
 
 PROG = "time_net"
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
@@ -28,10 +29,6 @@ PHASES = {"TRAIN": TRAIN, "TEST": TEST}
 LABEL_READERS = {"SoftmaxWithLoss": "softmax_param", "Accuracy": "accuracy_param",
                  "MultinomialLogisticLoss": None, "InfogainLoss": "infogain_loss_param",
                  "HingeLoss": None}
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback."""
 
 
 def parse_data_shape(text):

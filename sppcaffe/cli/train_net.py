@@ -28,14 +28,11 @@ from ..solvers import get_solver
 from ..solvers.signals import ACTIONS, SNAPSHOT, STOP
 from ..solvers.solver import default_snapshot_prefix
 from . import config, progress
+from . import CliError
 
 PROG = "train_net"
 GPU_UNAVAILABLE = "GPU backend not available in this build; run without --gpu"
 log = logging.getLogger("sppcaffe")
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback."""
 
 
 def build_parser():

@@ -22,15 +22,12 @@ import time
 
 from ..detection import bbox_regression, cache, finetune, svm
 from ..detection.config import DetectionConfigError, dump_config, load_config
-from .progress import configure_logging
+from .progress import run_main
+from . import CliError
 
 PROG = "train_svms"
 log = logging.getLogger("sppcaffe")
 PRELOAD_LIMIT = 2 << 30      # caches smaller than this are read into memory once
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback."""
 
 
 class CachedSet:
@@ -160,22 +157,8 @@ def run(args):
     return 0
 
 
-USER_ERRORS = (CliError, OSError, ValueError)
-
-
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    restore_logging = configure_logging()
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except USER_ERRORS as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    finally:
-        restore_logging()
+    return run_main(PROG, run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
