@@ -16,11 +16,13 @@ One training iteration, batch 8 at 224x224, on each side:
   forward, cross-entropy, zero_grad, backward and torch.optim.SGD with the
   same momentum, weight decay and per-parameter multipliers.
 
-Each side also runs with a fixed input (sppcaffe: the Data layer given
-`data_shapes`, filled once; torch: the same tensor every step), and the
-difference is the data layer's share of the step.  Every (framework, case)
-runs in its own process with the same number of threads; the time of a
-case is the median of --runs steps after --warmup steps, best of --rounds.
+Each side also runs steps on a fixed input, alternating with the steps
+above in the same process (sppcaffe: the Data layer's tops keep the last
+batch; torch: the same tensor every step), so that a burst of load from
+other processes hits both alike; the difference is the data layer's share
+of the step.  Each framework runs in its own process with the same number
+of threads; a case's time is the median of --runs steps after --warmup
+steps, best of --rounds rounds (the frameworks alternate between rounds).
 
     pip install torch==2.13.0        # benchmark-only dependency
     python3 bench/train_vs_torch.py [--runs 8] [--threads 2]
@@ -28,9 +30,11 @@ case is the median of --runs steps after --warmup steps, best of --rounds.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -84,7 +88,7 @@ def write_dataset(folder):
 # ---------------------------------------------------------------------------
 # sppcaffe
 # ---------------------------------------------------------------------------
-def sppcaffe_solver(case, folder):
+def sppcaffe_solver(folder):
     """An SGD solver over the zf5_spp TRAIN net reading the bench's LMDB."""
     import sppcaffe
     from sppcaffe import io
@@ -100,31 +104,32 @@ def sppcaffe_solver(case, folder):
                                       lr_policy="fixed", max_iter=10 ** 6, display=0,
                                       snapshot_after_train=False, random_seed=0, type="SGD")
     param.net_param.CopyFrom(net)
-    if case == "data":
-        return sppcaffe.get_solver(param)
-    solver = sppcaffe.get_solver(param, data_shapes={"data": (BATCH, 3, CROP, CROP),
-                                                     "label": (BATCH,)})
-    rng = np.random.default_rng(0)
-    solver.net.blobs["data"].data[...] = rng.standard_normal((BATCH, 3, CROP, CROP))
-    solver.net.blobs["label"].data[...] = rng.integers(0, CLASSES, BATCH)
-    return solver
+    return sppcaffe.get_solver(param)
 
 
-def sppcaffe_step(case, folder):
-    """(one training iteration, one batch prepared as the Data layer's
-    prefetch thread does: read, parse, crop, mirror, mean)."""
+def sppcaffe_steps(folder):
+    """({case: one training iteration}, one batch prepared as the Data
+    layer's prefetch thread does: read, parse, crop, mirror, mean)."""
     import sppcaffe
     from sppcaffe.data.db_batches import DBBatchReader
-    solver = sppcaffe_solver(case, folder)
+    solver = sppcaffe_solver(folder)
     data = next(layer for layer in solver.net.layers if layer.type == "Data")
     reader = DBBatchReader(data.param, sppcaffe.TRAIN, 2)
-    return (lambda: solver.step(1)), reader.next_batch
+
+    def step(fixed):
+        # A data layer marked as fed from Python leaves its tops alone: the
+        # step then trains on the last batch again (the layer's own switch,
+        # set when a net is built with data_shapes).
+        data.fed_from_python = fixed
+        solver.step(1)
+    return {"data": lambda: step(False), "fixed": lambda: step(True)}, reader.next_batch
 
 
 # ---------------------------------------------------------------------------
 # PyTorch
 # ---------------------------------------------------------------------------
-def torch_step(case):
+def torch_steps():
+    """({case: one training iteration}, one augmented batch)."""
     import torch
     import torch.nn.functional as F
     model = torch_model().train()
@@ -157,63 +162,79 @@ def torch_step(case):
 
     fixed = augmented_batch()
 
-    def step():
-        x, y = augmented_batch() if case == "data" else fixed
+    def step(batch):
+        x, y = batch
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    return step, augmented_batch
+    return ({"data": lambda: step(augmented_batch()), "fixed": lambda: step(fixed)},
+            augmented_batch)
 
 
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
+def paired_medians(steps, warmup, runs):
+    """{case: (median ms, [ms])}, the cases' steps interleaved."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {case: [] for case in steps}
+    for _ in range(runs):
+        for case, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[case].append((time.perf_counter() - start) * 1e3)
+    return {case: (statistics.median(t), t) for case, t in times.items()}
+
+
 def worker(args):
-    """Times one case; with the data layer, also the preparation of one
-    batch on its own (in sppcaffe it overlaps the step, in a thread)."""
-    def measure_case(step, batch):
-        # The batch alone first: after a step, torch's idle OpenMP threads
-        # still spin for a while and would be charged to it.
-        batch_ms = median_ms(batch, 2, 20)[0] if args.case == "data" else None
-        median, times = median_ms(step, args.warmup, args.runs)
-        return {"median_ms": median, "times_ms": times, "peak_rss_mib": peak_rss_mib(),
-                "batch_ms": batch_ms}
+    """Both cases of one framework, and one batch prepared alone (first:
+    after a step, torch's idle OpenMP threads still spin for a while and
+    would be charged to it)."""
+    def measure_cases(steps, batch):
+        batch_ms = median_ms(batch, 2, 20)[0]
+        cases = paired_medians(steps, args.warmup, args.runs)
+        return {"cases": {case: {"median_ms": median, "times_ms": times}
+                          for case, (median, times) in cases.items()},
+                "batch_ms": batch_ms, "peak_rss_mib": peak_rss_mib()}
 
     if args.framework == "torch":
         import torch
         torch.set_num_threads(args.threads)
-        result = measure_case(*torch_step(args.case))
+        result = measure_cases(*torch_steps())
     else:
         with tempfile.TemporaryDirectory(prefix="train_vs_torch.") as folder:
-            result = measure_case(*sppcaffe_step(args.case, folder))
+            result = measure_cases(*sppcaffe_steps(folder))
     print(json.dumps(result))
 
 
-def spawn(args, framework, case):
+def spawn(args, framework):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-           "--runs", str(args.runs), "--warmup", str(args.warmup), "--worker", framework, case]
+           "--runs", str(args.runs), "--warmup", str(args.warmup), "--worker", framework]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        sys.exit(f"worker {framework} {case} failed:\n{result.stderr}")
+        sys.exit(f"worker {framework} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def measure(args):
-    """{(framework, case): best result}; frameworks alternate within each
-    round so a burst of load from elsewhere hits a round, not one side."""
+    """{framework: the round with the fastest data-layer step}; the
+    frameworks alternate, so a burst of load hits a round, not one side."""
     best = {}
     for r in range(args.rounds):
-        for case in CASES:
-            for framework in FRAMEWORKS:
-                result = spawn(args, framework, case)
-                print(f"round {r + 1}/{args.rounds}: {framework} {case}: "
-                      f"{result['median_ms']:.0f} ms", file=sys.stderr, flush=True)
-                key = framework, case
-                if key not in best or result["median_ms"] < best[key]["median_ms"]:
-                    best[key] = result
+        for framework in FRAMEWORKS:
+            result = spawn(args, framework)
+            cases = result["cases"]
+            print(f"round {r + 1}/{args.rounds}: {framework}: "
+                  + ", ".join(f"{case} {cases[case]['median_ms']:.0f} ms" for case in CASES),
+                  file=sys.stderr, flush=True)
+            if framework not in best or \
+                    cases["data"]["median_ms"] < best[framework]["cases"]["data"]["median_ms"]:
+                best[framework] = result
     return best
 
 
@@ -225,32 +246,31 @@ def main():
                         help="repeat every measurement this often, keep the best median")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for both libraries (default: 2, this machine's cores)")
-    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        args.framework, args.case = args.worker
+        args.framework = args.worker
         return worker(args)
 
     print(environment(args.threads))
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     best = measure(args)
     print(f"load average after: {os.getloadavg()[0]:.2f}; best of {args.rounds} rounds, each the "
-          f"median of {args.runs} steps after {args.warmup} warm-up steps; batch {BATCH}, "
-          f"{CROP}x{CROP} crops of {STORED}x{STORED} images")
+          f"median of {args.runs} steps of each case after {args.warmup} warm-up steps; batch "
+          f"{BATCH}, {CROP}x{CROP} crops of {STORED}x{STORED} images")
     print("| training step | sppcaffe ms | torch ms | sppcaffe iter/s | torch iter/s "
-          "| ratio (sppcaffe/torch time) | sppcaffe peak RSS MiB | torch peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| ratio (sppcaffe/torch time) |")
+    print("|---|---|---|---|---|---|")
     for case, label in CASES.items():
-        ours, theirs = best["sppcaffe", case], best["torch", case]
-        print(f"| {label} | {ours['median_ms']:.0f} | {theirs['median_ms']:.0f} "
-              f"| {1e3 / ours['median_ms']:.2f} | {1e3 / theirs['median_ms']:.2f} "
-              f"| {ours['median_ms'] / theirs['median_ms']:.2f} | {ours['peak_rss_mib']:.0f} "
-              f"| {theirs['peak_rss_mib']:.0f} |")
+        ours, theirs = (best[f]["cases"][case]["median_ms"] for f in FRAMEWORKS)
+        print(f"| {label} | {ours:.0f} | {theirs:.0f} | {1e3 / ours:.2f} | {1e3 / theirs:.2f} "
+              f"| {ours / theirs:.2f} |")
     for framework in FRAMEWORKS:
-        with_data, fixed = best[framework, "data"]["median_ms"], best[framework, "fixed"]["median_ms"]
+        result = best[framework]
+        with_data, fixed = (result["cases"][case]["median_ms"] for case in CASES)
         print(f"{framework}: data layer share of the step {(with_data - fixed) / with_data:.0%} "
               f"({with_data - fixed:.0f} ms of {with_data:.0f} ms); one batch prepared alone: "
-              f"{best[framework, 'data']['batch_ms']:.1f} ms")
+              f"{result['batch_ms']:.1f} ms; peak RSS {result['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":
