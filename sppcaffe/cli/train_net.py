@@ -177,7 +177,7 @@ def train(args):
         log.info("%s asks for solver_mode GPU; this build trains on the CPU", args.solver)
     make_snapshot_folder(param)
     solver = get_solver(param, sigint_effect=args.sigint_effect,
-                        sighup_effect=args.sighup_effect)
+                        sighup_effect=args.sighup_effect, source=args.solver)
     with blas_threads(args.threads, solver.net):
         run_solver(solver, param, args)
     return 0

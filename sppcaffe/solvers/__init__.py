@@ -28,7 +28,8 @@ def get_solver(solver, **kwargs):
     """A solver of the class its `type` names (pycaffe's get_solver), from
     a solver prototxt path or a SolverParameter; keywords go to the class."""
     if isinstance(solver, caffe_pb2.SolverParameter):
-        source, solver_type = "<SolverParameter>", io.upgrade_solver(solver).type
+        source = kwargs.get("source") or "<SolverParameter>"
+        solver_type = io.upgrade_solver(solver).type
     else:
         source = os.fspath(solver)
         solver_type = io.read_solver(source).type

@@ -85,11 +85,16 @@ class Solver:
     """
 
     def __init__(self, solver, data_shapes=None, sigint_effect=signals.STOP,
-                 sighup_effect=signals.SNAPSHOT):
+                 sighup_effect=signals.SNAPSHOT, source=None):
+        # `source`: the file a SolverParameter came from (e.g. after --set
+        # overrides), for messages and for finding nets beside it.
         if isinstance(solver, caffe_pb2.SolverParameter):
-            self.source = "<SolverParameter>"
-            self.param = io.upgrade_solver(solver)
+            self.source = os.fspath(source) if source else "<SolverParameter>"
+            self.param = io.upgrade_solver(solver, source=self.source)
             self._solver_dir = None
+            if source:
+                default_snapshot_prefix(self.param, self.source)
+                self._solver_dir = os.path.dirname(os.path.abspath(self.source))
         else:
             self.source = os.fspath(solver)
             self.param = io.read_solver(self.source)
