@@ -19,6 +19,8 @@ import difflib
 import yaml
 from google.protobuf.descriptor import FieldDescriptor
 
+from ..io.yaml_file import read_yaml
+
 INT_TYPES = {FieldDescriptor.CPPTYPE_INT32: (-2**31, 2**31 - 1),
              FieldDescriptor.CPPTYPE_INT64: (-2**63, 2**63 - 1),
              FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1),
@@ -34,13 +36,7 @@ class ConfigError(ValueError):
 
 def load_cfg(path):
     """[(key, value)] of a YAML mapping file, in file order."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            content = yaml.safe_load(f)
-    except OSError as err:
-        raise ConfigError(f"cannot read config '{path}': {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    content = read_yaml(path, ConfigError)
     if content is None:
         return []
     if not isinstance(content, dict):

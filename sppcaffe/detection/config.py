@@ -23,6 +23,8 @@ from typing import Optional
 
 import yaml
 
+from ..io.yaml_file import read_yaml
+
 FEATURE_LAYERS = ("pool5", "fc6", "fc7")
 
 
@@ -312,13 +314,7 @@ def load_config(path=None, settings=()):
     each `--set` text of `settings` applied in order."""
     config = DetectionConfig()
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                content = yaml.safe_load(f)
-        except OSError as err:
-            raise DetectionConfigError(f"cannot read config '{path}': {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise DetectionConfigError(f"{path}: not valid YAML: {err}") from None
+        content = read_yaml(path, DetectionConfigError)
         config = apply_mapping(config, content, str(path))
     for text in settings:
         config = apply_mapping(config, parse_setting(text), "--set")
