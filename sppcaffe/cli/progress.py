@@ -293,18 +293,26 @@ def element_names(pairs):
     return named
 
 
-def run_main(prog, run, args, interrupted="interrupted", level=None):
-    """Run a tool's `run(args)` with Caffe-style logging: user errors
-    (OSError, ValueError and their kin) become one line and exit code 1,
-    Ctrl-C exit code 130; no traceback either way."""
+def _any_user_error(err):
+    return isinstance(err, (OSError, ValueError))
+
+
+def run_main(prog, run, args, interrupted="interrupted", level=None, is_user_error=_any_user_error):
+    """Run a tool's `run(args)` with Caffe-style logging: errors that
+    `is_user_error` accepts (default: OSError, ValueError and their kin)
+    become one message and exit code 1, Ctrl-C exit code 130; no traceback
+    either way."""
     restore_logging = configure_logging() if level is None else configure_logging(level=level)
     try:
         return run(args)
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
-    except (OSError, ValueError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        text = "\n".join([str(err)] + list(getattr(err, "__notes__", [])))
+        print(f"{prog}: error: {text}", file=sys.stderr)
         return 1
     finally:
         restore_logging()

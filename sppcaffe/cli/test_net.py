@@ -20,6 +20,7 @@ from ..net import TEST, TRAIN, Net
 from ..solvers.solver import _g as caffe_float
 from ..solvers.solver import _loss_note as loss_note
 from ..solvers.solver import output_values
+from . import add_net_state_arguments
 from .train_net import CliError, add_common_arguments, blas_threads, run_tool
 
 PROG = "test_net"
@@ -34,11 +35,7 @@ def build_parser():
     parser.add_argument("--weights", required=True, help="the trained .caffemodel")
     parser.add_argument("--iterations", type=int, default=50,
                         help="number of batches to run (default: %(default)s)")
-    parser.add_argument("--phase", type=str.upper, choices=sorted(PHASES), default="TEST",
-                        help="network phase (default: %(default)s)")
-    parser.add_argument("--level", type=int, default=0, help="network level (default: 0)")
-    parser.add_argument("--stage", action="append", default=[],
-                        help="network stage; repeat for several")
+    add_net_state_arguments(parser, "TEST")
     add_common_arguments(parser)
     return parser
 

@@ -20,7 +20,7 @@ from ..layer import LAYER_TYPES, LayerError
 from ..layers.data import ExternalDataLayer
 from ..net import TEST, TRAIN, Net, filter_net
 from ..random import set_random_seed
-from . import CliError
+from . import CliError, add_net_state_arguments
 
 PROG = "time_net"
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
@@ -58,11 +58,7 @@ def build_parser():
     parser.add_argument("--model", required=True, help="the net's prototxt")
     parser.add_argument("--iterations", type=int, default=50,
                         help="number of timed forward-backward passes (default: %(default)s)")
-    parser.add_argument("--phase", type=str.upper, choices=sorted(PHASES), default="TRAIN",
-                        help="network phase (default: %(default)s, as caffe time)")
-    parser.add_argument("--level", type=int, default=0, help="network level (default: 0)")
-    parser.add_argument("--stage", action="append", default=[],
-                        help="network stage; repeat for several")
+    add_net_state_arguments(parser, "TRAIN")
     parser.add_argument("--weights", help="a .caffemodel to load (default: the net's fillers)")
     parser.add_argument("--data-shape", action="append", default=[], type=parse_data_shape,
                         metavar="NAME=D0,D1,...",

@@ -215,30 +215,14 @@ def is_user_error(err):
     return isinstance(err, ValueError) and type(err).__module__.startswith("sppcaffe")
 
 
-def error_text(err):
-    return "\n".join([str(err)] + list(getattr(err, "__notes__", [])))
-
-
 def run_tool(prog, body, args):
     """Run `body(args)` as a command-line tool: --gpu refused (exit 2),
-    Caffe-format logging on stderr, user errors as one line (exit 1),
-    Ctrl-C outside training as exit 130."""
+    then progress.run_main (Caffe-format logging, user errors as one
+    message, Ctrl-C as exit 130)."""
     if getattr(args, "gpu", None) is not None:
         print(f"{prog}: error: {GPU_UNAVAILABLE}", file=sys.stderr)
         return 2
-    restore_logging = progress.configure_logging()
-    try:
-        return body(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if not is_user_error(err):
-            raise
-        print(f"{prog}: error: {error_text(err)}", file=sys.stderr)
-        return 1
-    finally:
-        restore_logging()
+    return progress.run_main(prog, body, args, is_user_error=is_user_error)
 
 
 def main(argv=None):
