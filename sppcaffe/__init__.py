@@ -12,6 +12,7 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 # Imports follow the environment setting above on purpose.
 from . import io, layers  # noqa: E402,F401  (importing layers fills the registry)
+from .backends import GPUUnavailable, set_device, set_mode_cpu, set_mode_gpu  # noqa: E402
 from .blob import Blob  # noqa: E402
 from .layer import LAYER_TYPES, Layer, LayerError, register  # noqa: E402
 from .net import TEST, TRAIN, Net  # noqa: E402
@@ -21,10 +22,8 @@ from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
                       RMSPropSolver, SGDSolver, Solver, get_solver)
 
 __all__ = ["Blob", "Layer", "LayerError", "LAYER_TYPES", "Net", "TEST", "TRAIN", "io",
-           "register", "set_random_seed", "set_mode_cpu", "solvers", "get_solver", "Solver",
+           "register", "set_random_seed", "set_mode_cpu", "set_mode_gpu", "set_device",
+           "GPUUnavailable", "solvers", "get_solver", "Solver",
            "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
            "AdamSolver"]
 
-
-def set_mode_cpu():
-    """Run on the CPU (NumPy backend), the default."""

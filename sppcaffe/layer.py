@@ -13,6 +13,8 @@ Conventions every layer follows:
   solver clears them), exactly as Caffe does.
 - a layer may run in place (top is bottom); its backward must then be
   correct when ``top[0].diff is bottom[0].diff``.
+- device code (``forward_gpu``/``backward_gpu``) follows the same rules on
+  ``blob.gpu_data`` & co., launching kernels from backends/gpu/kernels.
 """
 from .blob import Blob
 
@@ -94,6 +96,15 @@ class Layer:
     def backward(self, top, propagate_down, bottom):
         # Layers without a gradient (data, accuracy, ...) simply ignore it.
         pass
+
+    # In GPU mode the net calls these.  A layer without device code runs
+    # its host code (as Caffe's default Forward_gpu does); the blobs copy
+    # whatever it reads or writes between host and device.
+    def forward_gpu(self, bottom, top):
+        self.forward(bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        self.backward(top, propagate_down, bottom)
 
     # ---- helpers -----------------------------------------------------
     def error(self, message):

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from . import io
+from .backends import current_device, gpu_mode
 from .blob import Blob
 from .io.caffemodel import blob_matches, blob_shape, blob_to_array
 from .layer import LayerError, create_layer
@@ -379,10 +380,14 @@ class Net:
         """Run layers start..end (inclusive); return the weighted loss."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        gpu = gpu_mode()
         for li in range(start, end + 1):
             layer, bottom, top = self.layers[li], self.bottom_vecs[li], self.top_vecs[li]
             layer.reshape(bottom, top)
-            layer.forward(bottom, top)
+            if gpu:
+                layer.forward_gpu(bottom, top)
+            else:
+                layer.forward(bottom, top)
             for blob, w in zip(top, self.layer_loss_weights[li]):
                 if w:
                     loss += w * float(blob.data.sum(dtype=np.float64))
@@ -400,17 +405,19 @@ class Net:
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
+        gpu = gpu_mode()
         for blob, w in self._loss_tops:
             blob.diff[...] = w
         for li in range(start, end - 1, -1):
             if not self.layer_need_backward[li]:
                 continue
             layer = self.layers[li]
-            frozen = [(p, p.diff.copy()) for p, learns in zip(layer.blobs, layer.param_propagate_down)
-                      if not learns]
-            layer.backward(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
+            frozen = [(p, _saved_diff(p, gpu)) for p, learns
+                      in zip(layer.blobs, layer.param_propagate_down) if not learns]
+            run = layer.backward_gpu if gpu else layer.backward
+            run(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
             for p, saved in frozen:        # lr_mult 0: Caffe computes no gradient
-                p.diff[...] = saved
+                _restore_diff(p, saved, gpu)
 
     def backward(self, diffs=None, start=None, end=None, **top_diffs):
         """Set output diffs (name=array), run backward, return {input: diff}."""
@@ -504,3 +511,19 @@ class Net:
     def __repr__(self):
         return f"<Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} " \
                f"layers={len(self.layers)}>"
+
+
+def _saved_diff(blob, gpu):
+    if not gpu:
+        return blob.diff.copy()
+    device = current_device()
+    saved = device.alloc(4 * blob.count)
+    device.copy(saved.ptr, blob.gpu_diff, 4 * blob.count)
+    return saved
+
+
+def _restore_diff(blob, saved, gpu):
+    if gpu:
+        current_device().copy(blob.mutable_gpu_diff, saved.ptr, 4 * blob.count)
+    else:
+        blob.diff[...] = saved

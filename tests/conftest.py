@@ -16,3 +16,31 @@ GOLDEN = os.path.join(TESTS, "golden")
 @pytest.fixture
 def golden_dir():
     return GOLDEN
+
+
+def _gpu_devices():
+    """The devices GPU tests run on: always the host build of the kernels,
+    plus the real GPU where one opens (the lent GPU machine)."""
+    return ["host", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=_gpu_devices())
+def gpu_device(request):
+    """GPU mode on one device for the test, CPU mode again after it."""
+    from sppcaffe import backends
+    from sppcaffe.backends.gpu.host_device import HostDevice
+    if request.param == "host":
+        device = HostDevice()
+    else:
+        from sppcaffe.backends.gpu.cuda_device import CudaDevice
+        try:
+            device = CudaDevice(0)
+        except backends.GPUUnavailable as exc:
+            pytest.skip(f"no GPU: {exc}")
+    backends.use_device(device)
+    backends.set_mode_gpu()
+    try:
+        yield device
+    finally:
+        backends.set_mode_cpu()
+        backends.use_device(None)

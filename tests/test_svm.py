@@ -28,6 +28,9 @@ def test_defaults_are_rcnn_values():
     assert (c.svm.hard_threshold, c.svm.evict_threshold, c.svm.retrain_limit) == \
         (-1.0001, -1.2, 2000)
     assert c.features.target_norm == 20 and c.svm.negative_iou == 0.3
+    assert c.svm.negative_overlap_dedup == 0.7          # SPP-net Sec. 4.1
+    assert load_config(settings=["svm.negative_overlap_dedup=null"]).svm \
+        .negative_overlap_dedup is None
     assert (c.bbox_regression.lambda_, c.bbox_regression.min_iou, c.test.nms) == (1000, 0.5, 0.3)
     assert (c.finetune.fg_fraction, c.finetune.fg_iou, c.finetune.bg_iou_low,
             c.finetune.bg_iou_high, c.finetune.batch_size) == (0.25, 0.5, 0.1, 0.5, 128)
@@ -57,6 +60,7 @@ def test_unknown_keys_rejected_with_allowed_list(tmp_path, text, expected):
     ("svm.use_difficult=maybe", "expects true or false"),
     ("svm.C=-1", "C must be positive"),
     ("test.nms=1.5", "nms must lie in [0, 1]"),
+    ("svm.negative_overlap_dedup=70", "negative_overlap_dedup must lie in [0, 1]"),
     ("features.layer=fc8", "layer must be one of pool5, fc6, fc7"),
     ("svm.evict_threshold=0", "must not exceed hard_threshold"),
     ("finetune.bg_iou_low=0.6", "bg_iou_low < bg_iou_high <= fg_iou"),
@@ -163,6 +167,73 @@ def test_negative_rows():
     scores = np.array([-2.0, 0.5, 0.5, 3.0, -1.0])
     np.testing.assert_array_equal(negative_rows(overlaps, scores, 0.3), [0, 1, 4])
     np.testing.assert_array_equal(negative_rows(overlaps, scores, 0.3, -1.0001), [1, 4])
+
+
+# Four negatives sliding right along a row (widths of 100 pixels, +1 convention):
+# IoU(A, B) = 95*100 / (2e4 - 9500) = 0.905, IoU(A, C) = 9000 / 11000 = 0.818,
+# IoU(A, D) = 8000 / 12000 = 0.667, IoU(B, D) = 8500 / 11500 = 0.739,
+# IoU(C, D) = 0.818, IoU(B, C) = 0.905.
+CHAIN = np.array([[0, 0, 99, 99], [5, 0, 104, 99], [10, 0, 109, 99], [20, 0, 119, 99]],
+                 np.float64)
+
+
+def test_greedy_in_order_by_hand():
+    from sppcaffe.detection.boxes import greedy_in_order, pairwise_iou
+    iou = pairwise_iou(CHAIN, CHAIN)
+    np.testing.assert_allclose(iou[0, 1:], [9500 / 10500, 9000 / 11000, 8000 / 12000])
+    # A is kept; B and C overlap A by more than 0.7: removed; D overlaps only the
+    # removed B and C by more than 0.7 (A by 0.667): kept.  Removing every
+    # negative that overlaps another one would have removed all four.
+    np.testing.assert_array_equal(greedy_in_order(iou > 0.7), [True, False, False, True])
+    # At 0.85 only the 0.905 pairs count: B goes (A kept), C stays (B removed), D stays.
+    np.testing.assert_array_equal(greedy_in_order(iou > 0.85), [True, False, True, True])
+    # The same as NMS with equal scores, here on a longer chain needing many rounds.
+    from sppcaffe.detection.boxes import nms
+    steps = np.array([[3 * i, 0, 3 * i + 99, 99] for i in range(40)], np.float64)[::-1]
+    kept = greedy_in_order(pairwise_iou(steps, steps) > 0.7)
+    np.testing.assert_array_equal(np.flatnonzero(kept), nms(steps, np.zeros(40), 0.7))
+    assert greedy_in_order(np.zeros((0, 0), bool)).shape == (0,)
+
+
+def test_negatives_deduplicated_per_class():
+    """One image: an object of class 1 far from the chain, an object of class
+    2 exactly on window A.  Rows: 0, 1 the ground truth (class 1, class 2),
+    2-5 the windows A-D.
+    Class 1's negatives are rows 1-5; in window order the ground-truth box
+    (= A) is kept, window A (IoU 1), B (0.905) and C (0.818) overlap it by
+    more than 0.7 and go, D (0.667) stays: rows 1 and 5.
+    Class 2's negatives: A-D overlap its object by 1, 0.905, 0.818, 0.667
+    (not below 0.3), so only row 0, the far object of class 1."""
+    gt = np.array([[300, 300, 350, 350], CHAIN[0]])
+    record = image_rows(gt, [1, 2], np.zeros(2, bool), CHAIN, 2)
+    dedup = svm_module.NegativeDedup(record["boxes"], 0.7)
+    np.testing.assert_array_equal(negative_rows(record["overlaps"][:, 1], None, 0.3,
+                                                dedup=dedup), [1, 5])
+    np.testing.assert_array_equal(negative_rows(record["overlaps"][:, 2], None, 0.3,
+                                                dedup=dedup), [0])
+    # Disabled: every negative.  With hard scores, the dedup comes first: row 5
+    # scores above -1.0001 and stays; row 3 would too but was deduplicated.
+    np.testing.assert_array_equal(negative_rows(record["overlaps"][:, 1], None, 0.3),
+                                  [1, 2, 3, 4, 5])
+    scores = np.array([0, -2, -2, 0.5, -2, 0.5])
+    np.testing.assert_array_equal(
+        negative_rows(record["overlaps"][:, 1], scores, 0.3, -1.0001, dedup), [5])
+    np.testing.assert_array_equal(
+        negative_rows(record["overlaps"][:, 1], scores, 0.3, -1.0001), [3, 5])
+
+
+@pytest.mark.parametrize("dedup, first_negatives", [(0.7, [-5, -2]), (None, [-5, -4, -3, -2])])
+def test_mining_uses_deduplicated_negatives(monkeypatch, dedup, first_negatives):
+    fits = []
+    monkeypatch.setattr(svm_module, "fit_svm",
+                        lambda p, n, c: (fits.append(n.copy()) or
+                                         (np.array([1.0, 0.0], np.float32), np.float32(10.0))))
+    gt = np.array([[300, 300, 350, 350]], np.float64)
+    feat = np.array([[4, 0], [-5, 0], [-4, 0], [-3, 0], [-2, 0]], np.float32)
+    entries = {"im0": entry(gt, [1], CHAIN, feat)}
+    train_svms(entries.__getitem__, ["im0"], ["thing"], FeatureTransform("pool5"),
+               SVMConfig(negative_overlap_dedup=dedup))
+    np.testing.assert_array_equal(fits[0][:, 0], first_negatives)
 
 
 def one_d_images():

@@ -35,9 +35,9 @@ log = logging.getLogger("sppcaffe")
 YEAR_METRIC = {2007: VOC07, 2010: AREA}
 
 
-def build_parser():
+def build_parser(prog=PROG):
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Detect with trained SVMs on a feature cache and print the VOC AP of "
                     "every class (11-point and area) and the mAP.",
         epilog="Example:\n  %(prog)s --cache work/cache/test --svms work/svms.npz "
@@ -46,7 +46,7 @@ def build_parser():
     parser.add_argument("--svms", required=True, metavar="SVMS.npz",
                         help="SVMs written by train_svms")
     parser.add_argument("--bbox-reg", metavar="BBOX.npz", help="box regressors (train_svms)")
-    add_config_arguments(parser)
+    add_config_arguments(parser, config_flag=prog == PROG)
     parser.add_argument("--nms", type=float, help="NMS IoU threshold (default: test.nms, 0.3)")
     parser.add_argument("--year", type=int, choices=sorted(YEAR_METRIC), default=2007,
                         help="AP of the last line: 2007 = 11-point, 2010 = area (both are "
@@ -129,8 +129,10 @@ def run(args):
     return 0
 
 
-def main(argv=None):
-    return run_main(PROG, run, build_parser().parse_args(argv))
+def main(argv=None, prog=PROG):
+    """`prog` names the command in messages (tools/test_net --detection
+    runs this tool under its own name)."""
+    return run_main(prog.split()[0], run, build_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":

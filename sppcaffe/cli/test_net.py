@@ -5,6 +5,11 @@ As BVLC tools/caffe.cpp `test()`: builds the net in the TEST phase (or
 its data layers, logs every output element of every batch (`Batch 3,
 accuracy = 0.9`), then the mean loss (`Loss: 0.31`) and each output's mean
 over the batches (`accuracy = 0.91`, `loss = 0.3 (* 1 = 0.3 loss)`).
+
+`test_net --detection CONFIG.yml --cache DIR --svms SVMS.npz [...]` tests an
+SPP-net detector instead (the issue's detection `test_net`): everything
+after --detection goes to tools/test_detection with CONFIG.yml as its
+--config, so both commands run the same code and take the same options.
 """
 import argparse
 import logging
@@ -24,13 +29,23 @@ from . import add_net_state_arguments
 from .train_net import CliError, add_common_arguments, blas_threads, run_tool
 
 PROG = "test_net"
+DETECTION = "--detection"
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
 log = logging.getLogger("sppcaffe")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Score a trained net over N batches, as `caffe test`.")
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score a trained net over N batches, as `caffe test`; or, with "
+                    f"{DETECTION}, an SPP-net detector on a feature cache (VOC AP).",
+        epilog="Detection (the options of tools/test_detection; see "
+               f"`%(prog)s {DETECTION} CONFIG --help`):\n"
+               f"  %(prog)s {DETECTION} configs/detection_voc2007.yml --cache work/cache/test "
+               "--svms work/svms.npz [--bbox-reg work/bbox_reg.npz] [--pictures DIR]")
+    parser.add_argument(DETECTION, metavar="CONFIG.yml",
+                        help="test a detector instead: the detection settings file, followed "
+                             "by tools/test_detection's options (--cache, --svms, ...)")
     parser.add_argument("--model", required=True, help="the net's prototxt (e.g. a train_val)")
     parser.add_argument("--weights", required=True, help="the trained .caffemodel")
     parser.add_argument("--iterations", type=int, default=50,
@@ -80,8 +95,37 @@ def run(args):
     return 0
 
 
+def split_detection(argv):
+    """(settings file, the other arguments) when `argv` holds `--detection
+    CONFIG` (or `--detection=CONFIG`) anywhere, else None.  The settings
+    file is "" when the value is missing."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(DETECTION + "="):
+            return arg[len(DETECTION) + 1:], argv[:i] + argv[i + 1:]
+        if arg == DETECTION:
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else ""
+            return value, argv[:i] + argv[i + 1 + bool(value):]
+    return None
+
+
 def main(argv=None):
-    return run_tool(PROG, run, build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    detection = split_detection(argv)
+    if detection is None:
+        return run_tool(PROG, run, build_parser().parse_args(argv))
+    config, rest = detection
+    problem = None
+    if not config:
+        problem = f"{DETECTION} needs the detection settings file, e.g. " \
+                  f"{DETECTION} configs/detection_voc2007.yml"
+    elif any(a == "--config" or a.startswith("--config=") for a in rest):
+        problem = f"give the settings file once, as {DETECTION} CONFIG (not --config as well)"
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
+    from . import test_detection            # the detection tool's code path, unchanged
+    return test_detection.main(["--config", config] + rest,
+                               prog=f"{PROG} {DETECTION} CONFIG")
 
 
 if __name__ == "__main__":

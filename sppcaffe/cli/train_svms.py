@@ -64,10 +64,12 @@ class CachedSet:
         return int(self.load(self.image_ids[0])["feat"].shape[1])
 
 
-def add_config_arguments(parser):
+def add_config_arguments(parser, config_flag=True):
+    """--config and --set; `config_flag` False leaves --config out of the
+    help (tools/test_net --detection takes the file as its own value)."""
     parser.add_argument("--config", metavar="FILE.yml",
                         help="detection settings (YAML; sections features, svm, finetune, "
-                             "bbox_regression, test)")
+                             "bbox_regression, test)" if config_flag else argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one setting, e.g. --set svm.C=0.01 (repeatable)")
 

@@ -79,6 +79,31 @@ def nms(boxes, scores, threshold=0.3):
     return np.array(keep, dtype=np.intp)
 
 
+def greedy_in_order(overlapping):
+    """Mask of the boxes that greedy suppression in index order keeps, from
+    `overlapping` (N, N) bool (i and j overlap too much; the diagonal is
+    ignored): box i is kept unless it overlaps an earlier KEPT box.  This is
+    `nms` with equal scores, but vectorized over boxes: each round decides
+    every box whose earlier overlapping boxes are all decided (removed if one
+    of them was kept, kept otherwise), so the number of rounds is the longest
+    chain of overlaps, not the number of boxes."""
+    overlapping = np.asarray(overlapping, bool)
+    n = len(overlapping)
+    if overlapping.shape != (n, n):
+        raise ValueError(f"overlapping must be a square matrix, got shape {overlapping.shape}")
+    # earlier[j, i]: j < i and they overlap (j can suppress i).  float32 so
+    # that "any earlier box of a set" is one BLAS matrix-vector product.
+    earlier = np.triu(overlapping, 1).astype(np.float32)
+    kept = np.zeros(n, bool)
+    undecided = np.ones(n, bool)
+    while undecided.any():
+        suppressed = kept.astype(np.float32) @ earlier > 0
+        waiting = undecided.astype(np.float32) @ earlier > 0
+        kept |= undecided & ~suppressed & ~waiting
+        undecided &= ~suppressed & waiting
+    return kept
+
+
 # ---- regression targets (R-CNN, appendix C; SPP-net Sec. 4) ------------------
 #
 # A box is seen as a centre and a size, with the +1 widths:

@@ -65,6 +65,13 @@ class SVMConfig:
     pos_loss_weight: float = 2.0
     # Negatives: windows whose IoU with every object of the class is below this.
     negative_iou: float = 0.3
+    # SPP-net Sec. 4.1: "any negative sample is removed if it overlaps another
+    # negative sample by more than 70%".  Applied per image and class to the
+    # negatives above, greedily in window order (a negative is dropped when
+    # its IoU with an earlier negative that was kept exceeds this), before
+    # hard-negative mining picks among them.  null: keep every negative
+    # (R-CNN, and SPP-net's released code).
+    negative_overlap_dedup: Optional[float] = 0.7
     # Hard-negative mining (rcnn_train.m): after the first image, a negative
     # is added to a class's cache when it scores above hard_threshold; after
     # each retraining those scoring below evict_threshold leave the cache;
@@ -87,6 +94,8 @@ class SVMConfig:
         for name in ("C", "bias_multiplier", "pos_loss_weight", "tol"):
             _positive(where, name, getattr(self, name))
         _fraction(where, "negative_iou", self.negative_iou)
+        if self.negative_overlap_dedup is not None:
+            _fraction(where, "negative_overlap_dedup", self.negative_overlap_dedup)
         if self.evict_threshold > self.hard_threshold:
             raise DetectionConfigError(
                 f"{where}: evict_threshold ({self.evict_threshold}) must not exceed "

@@ -12,6 +12,9 @@ Training (``train_svms``):
 - positives of class k: the ground-truth boxes of class k;
 - negatives: windows whose IoU with every object of class k is below
   `negative_iou` (0.3), ground-truth boxes of other classes included;
+  of negatives overlapping each other by more than
+  `negative_overlap_dedup` (0.7, SPP-net Sec. 4.1) only the first (in
+  window order) stays: ``NegativeDedup``;
 - one pass (`hard_epochs`) over the training images.  Each class keeps a
   cache of negatives.  From the first image every negative enters it; from
   then on only those scoring above `hard_threshold` (-1.0001: inside the
@@ -41,6 +44,7 @@ from .. import io
 from ..io.atomic import atomic_write
 from ..net import TEST, Net
 from ..proto import caffe_pb2
+from .boxes import greedy_in_order, pairwise_iou
 from .config import FEATURE_LAYERS, FeatureConfig, SVMConfig
 from .features import producing_layer
 
@@ -226,12 +230,38 @@ def window_keys(image_index, rows):
     return (np.int64(image_index) << _KEY_SHIFT) | np.asarray(rows, np.int64)
 
 
-def negative_rows(overlaps, scores, negative_iou, hard_threshold=None):
+class NegativeDedup:
+    """SPP-net's rule for one image's negatives: of windows overlapping each
+    other by more than `threshold` (IoU), only the first in window order is
+    a negative sample (``boxes.greedy_in_order``).  The IoU of every pair is
+    computed once per image; a class's negatives are deduplicated on their
+    rows of it, and classes with the same negatives (every class absent
+    from the image: all its windows) share the result."""
+
+    def __init__(self, boxes, threshold):
+        self.overlapping = pairwise_iou(boxes, boxes) > threshold
+        self._done = {}
+
+    def __call__(self, candidates):
+        """The subset of the bool mask `candidates` (R,) that stays."""
+        key = np.packbits(candidates).tobytes()
+        if key not in self._done:
+            rows = np.flatnonzero(candidates)
+            kept = np.zeros_like(candidates)
+            kept[rows[greedy_in_order(self.overlapping[np.ix_(rows, rows)])]] = True
+            self._done[key] = kept
+        return self._done[key]
+
+
+def negative_rows(overlaps, scores, negative_iou, hard_threshold=None, dedup=None):
     """Rows that are negatives of a class (IoU with its objects below
-    `negative_iou`) and, unless `hard_threshold` is None, score above it."""
+    `negative_iou`), thinned by `dedup` (a NegativeDedup of the image, or
+    None) and, unless `hard_threshold` is None, scoring above it."""
     chosen = np.asarray(overlaps) < negative_iou
+    if dedup is not None:
+        chosen = dedup(chosen)
     if hard_threshold is not None:
-        chosen &= np.asarray(scores) > hard_threshold
+        chosen = chosen & (np.asarray(scores) > hard_threshold)
     return np.flatnonzero(chosen)
 
 
@@ -338,9 +368,12 @@ def train_svms(load, image_ids, classes, transform, config: SVMConfig):
             features = transform(entry["feat"])
             overlaps = np.asarray(entry["overlaps"])
             scores = features @ W + b
+            dedup = None
+            if config.negative_overlap_dedup is not None:
+                dedup = NegativeDedup(entry["boxes"], config.negative_overlap_dedup)
             for k in range(num_classes):
                 rows = negative_rows(overlaps[:, k + 1], scores[:, k], config.negative_iou,
-                                     None if first_time else config.hard_threshold)
+                                     None if first_time else config.hard_threshold, dedup)
                 keys = window_keys(position, rows)
                 fresh = caches[k].new(keys)
                 caches[k].add(features[rows[fresh]], keys[fresh])

@@ -7,6 +7,7 @@ stay correct when ``top[0].diff is bottom[0].diff``.
 """
 import numpy as np
 
+from ..backends import gpu
 from ..blob import DTYPE
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -53,6 +54,18 @@ class ReLULayer(_NeuronLayer):
         negative *= self.negative_slope
         np.multiply(dy, x > 0, out=dx)
         dx += negative
+
+    def forward_gpu(self, bottom, top):
+        n = bottom[0].count
+        gpu.kernel("relu_forward")(n, n, bottom[0].gpu_data, top[0].mutable_gpu_data,
+                                   self.negative_slope)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        n = bottom[0].count
+        gpu.kernel("relu_backward")(n, n, top[0].gpu_diff, bottom[0].gpu_data,
+                                    bottom[0].mutable_gpu_diff, self.negative_slope)
 
 
 @register("Sigmoid")

@@ -156,14 +156,12 @@ class SplitLayer(Layer):
         for t in top:
             if t is bottom[0]:
                 raise self.error("does not allow in-place computation")
-            if t.diff.shape != shape:
-                t.diff = np.zeros(shape, DTYPE)
-            t.data = bottom[0].data
+            t.reshape(shape)            # its own diff, of the bottom's shape
+            t.share_data(bottom[0])
 
     def forward(self, bottom, top):
         for t in top:
-            if t.data is not bottom[0].data:
-                t.data = bottom[0].data
+            t.share_data(bottom[0])     # the bottom may have been given new memory
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:

@@ -532,4 +532,4 @@ def share_trained_layers(target, source):
                 raise SolverError(f"cannot share param {i} weights from layer '{name}'; shape "
                                   f"mismatch.  Source param shape is {src.shape}; target "
                                   f"param shape is {dst.shape}")
-            dst.data = src.data
+            dst.share_data(src)

@@ -1,0 +1,109 @@
+"""What every GPU device offers the layers: memory, kernels, BLAS.
+
+Two devices implement it: ``CudaDevice`` (PyCUDA and cuBLAS on an NVIDIA
+GPU) and ``HostDevice`` (the same kernel sources built with g++, NumPy for
+the BLAS calls), so everything above this interface is the same code on
+both.  Addresses are plain ints; offsets are the caller's
+(``ptr + 4 * elements`` for float32).  Matrices are row-major and packed,
+with Caffe's ``caffe_gpu_gemm``/``caffe_gpu_gemv`` argument order.
+"""
+from .sources import find_kernel
+
+# How each argument kind is turned into what the launcher packs.
+_CONVERT = {"ptr": int, "i32": int, "u32": int, "u64": int, "f32": float}
+
+
+class Allocation:
+    """Device memory that lives as long as this object."""
+    __slots__ = ("ptr", "nbytes", "device", "_handle")
+
+    def __init__(self, ptr, nbytes, device, handle):
+        self.ptr, self.nbytes, self.device, self._handle = ptr, nbytes, device, handle
+
+
+class Kernel:
+    """A compiled kernel: ``kernel(count, *args)`` launches it over a
+    grid-stride loop of `count` iterations."""
+    __slots__ = ("name", "kinds", "_launch", "_convert")
+
+    def __init__(self, name, kinds, launch):
+        self.name, self.kinds, self._launch = name, kinds, launch
+        self._convert = [_CONVERT[k] for k in kinds]
+
+    def __call__(self, count, *args):
+        if len(args) != len(self.kinds):
+            raise TypeError(f"kernel '{self.name}' takes {len(self.kinds)} arguments "
+                            f"({', '.join(self.kinds)}), got {len(args)}")
+        count = int(count)
+        if count > 0:
+            self._launch(count, [c(a) for c, a in zip(self._convert, args)])
+
+
+class Device:
+    """Base of the two devices: kernel lookup and compile-once caching."""
+    name = "device"
+
+    def __init__(self):
+        self._modules = {}      # kernel file -> compiled module
+        self._kernels = {}      # kernel name -> Kernel
+
+    def kernel(self, name):
+        kernel = self._kernels.get(name)
+        if kernel is None:
+            path, kinds = find_kernel(name)
+            module = self._modules.get(path)
+            if module is None:
+                module = self._modules[path] = self._compile(path)
+            kernel = self._kernels[name] = Kernel(name, kinds, self._launcher(module, name, kinds))
+        return kernel
+
+    # Each device provides these.
+    def _compile(self, path):
+        raise NotImplementedError
+
+    def _launcher(self, module, name, kinds):
+        raise NotImplementedError
+
+    def alloc(self, nbytes):
+        raise NotImplementedError
+
+    def upload(self, ptr, array):
+        raise NotImplementedError
+
+    def download(self, ptr, array):
+        raise NotImplementedError
+
+    def copy(self, dst, src, nbytes):
+        raise NotImplementedError
+
+    def memset0(self, ptr, nbytes):
+        raise NotImplementedError
+
+    def synchronize(self):
+        pass
+
+    # BLAS (float32).
+    def gemm(self, trans_a, trans_b, m, n, k, alpha, a, b, beta, c):
+        """C (m x n) = alpha op(A) op(B) + beta C; op(A) is m x k."""
+        raise NotImplementedError
+
+    def gemm_strided_batched(self, trans_a, trans_b, m, n, k, alpha, a, stride_a, b, stride_b,
+                             beta, c, stride_c, batch):
+        """`batch` gemms, operand i at ptr + 4 * i * stride (strides in elements)."""
+        raise NotImplementedError
+
+    def gemv(self, trans, m, n, alpha, a, x, beta, y):
+        """y = alpha op(A) x + beta y, A is m x n."""
+        raise NotImplementedError
+
+    def axpy(self, n, alpha, x, y):
+        raise NotImplementedError
+
+    def scal(self, n, alpha, x):
+        raise NotImplementedError
+
+    def dot(self, n, x, y):
+        raise NotImplementedError
+
+    def asum(self, n, x):
+        raise NotImplementedError
