@@ -61,6 +61,12 @@ class Blob:
         if value is not view:
             view[...] = value
 
+    @property
+    def cpu_data(self):
+        """`data` for reading only (Caffe's const cpu_data): in GPU mode the
+        device copy stays current, so writing to this array is lost."""
+        return self._data.host_view(self._shape, write=False)
+
     # ---- device side (Caffe's gpu_data & co.) ----------------------------
     @property
     def gpu_data(self):

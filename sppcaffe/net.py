@@ -390,7 +390,7 @@ class Net:
                 layer.forward(bottom, top)
             for blob, w in zip(top, self.layer_loss_weights[li]):
                 if w:
-                    loss += w * float(blob.data.sum(dtype=np.float64))
+                    loss += w * float(blob.cpu_data.sum(dtype=np.float64))
         return loss
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
@@ -451,6 +451,13 @@ class Net:
                 layer.close()
 
     def clear_param_diffs(self):
+        """Zero the learnable params' gradients (Caffe's ClearParamDiffs),
+        on the device in GPU mode: no copy either way."""
+        if gpu_mode():
+            device = current_device()
+            for p in self.learnable_params:
+                device.memset0(p.mutable_gpu_diff, 4 * p.count)
+            return
         for p in self.learnable_params:
             p.diff[...] = 0
 

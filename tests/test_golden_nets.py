@@ -25,6 +25,17 @@ def run_case(case):
 
 @pytest.mark.parametrize("case", NET_CASES)
 def test_net_matches_caffe(case):
+    check_case(case)
+
+
+@pytest.mark.parametrize("case", NET_CASES)
+def test_net_matches_caffe_on_gpu(case, gpu_device):
+    """The same fixtures with every layer's device code (gpu_device: the
+    kernels built for the CPU, and a real GPU where there is one)."""
+    check_case(case)
+
+
+def check_case(case):
     net, expected, forward = run_case(case)
     compared = 0
     for key, ref in expected.items():

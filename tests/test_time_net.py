@@ -95,6 +95,19 @@ def test_tiny_net_report(tiny):
     assert times["conv1", "forward"] > 0 and times["conv1", "backward"] > 0
 
 
+def test_gpu_report_on_the_host_build(tiny):
+    """--gpu 0 runs the GPU path (SPPCAFFE_GPU=host: the kernels built for
+    the CPU) with the same report and the same initial loss."""
+    cpu = run_tool("--model", tiny, "--iterations", "1")
+    env = dict(os.environ, SPPCAFFE_GPU="host")
+    gpu = subprocess.run([sys.executable, TOOL, "--model", tiny, "--iterations", "1", "--gpu", "0"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert gpu.returncode == 0, gpu.stderr
+    assert "Use GPU (host" in gpu.stdout
+    assert check_report(gpu.stdout, LAYERS, 1)[0] == pytest.approx(check_report(cpu.stdout, LAYERS, 1)[0],
+                                                                   rel=1e-4)
+
+
 def test_data_layer_needs_shapes(data_net):
     result = run_tool("--model", data_net)
     assert result.returncode == 1

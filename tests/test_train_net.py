@@ -208,14 +208,48 @@ def test_weights_and_snapshot_together_is_an_error(tiny, capsys):
 
 
 @pytest.mark.parametrize("module", [train_net, test_net])
-def test_gpu_gives_a_clear_error(module, tiny, capsys):
+def test_gpu_without_pycuda_gives_a_clear_error(module, tiny, capsys, monkeypatch):
+    try:
+        import pycuda  # noqa: F401
+        pytest.skip("PyCUDA is installed here")
+    except ImportError:
+        pass
+    monkeypatch.delenv("SPPCAFFE_GPU", raising=False)
     solver, _ = tiny
     argv = ["--solver", solver] if module is train_net else ["--model", solver, "--weights", "w"]
-    code, err = run_main(module, capsys, *argv, "--gpu")
-    assert code == 2
-    assert err.strip().endswith("error: GPU backend not available in this build; "
-                                "run without --gpu")
+    code, err = run_main(module, capsys, *argv, "--gpu", "0")
+    assert code == 1
+    assert "error: --gpu 0: GPU mode needs PyCUDA" in err and "README" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value, message", [("0,1", "one GPU at a time"), ("all", "one GPU at a time"),
+                                            ("x", "expects a GPU id")])
+def test_gpu_ids_are_checked(tiny, capsys, value, message):
+    solver, _ = tiny
+    code, err = run_main(train_net, capsys, "--solver", solver, "--gpu", value)
+    assert code == 1 and message in err
+
+
+def test_train_net_on_the_host_build_of_the_gpu_kernels(tiny, capsys, monkeypatch):
+    """--gpu 0 with SPPCAFFE_GPU=host runs the whole GPU path (kernels
+    compiled for the CPU) and learns what the CPU run learns."""
+    from sppcaffe import backends
+    monkeypatch.setenv("SPPCAFFE_GPU", "host")
+    backends.use_device(None)
+    solver, prefix = tiny
+    code, err = run_main(train_net, capsys, "--solver", solver)
+    assert code == 0, err
+    cpu_losses = series(read_curves(prefix), "train", "loss")
+    try:
+        code, err = run_main(train_net, capsys, "--solver", solver, "--gpu", "0")
+    finally:
+        backends.use_device(None)
+    assert code == 0, err
+    assert "Use GPU with device ID 0 (host" in err and not backends.gpu_mode()
+    gpu_losses = series(read_curves(prefix), "train", "loss")
+    assert len(gpu_losses) == len(cpu_losses) > 1
+    np.testing.assert_allclose([v for _, v in gpu_losses], [v for _, v in cpu_losses], rtol=1e-3)
 
 
 def test_bad_inputs_exit_1_without_traceback(tiny, tmp_path, capsys):

@@ -22,10 +22,15 @@ class SyncedMemory:
         self.head = UNINIT if host is None else HOST
         self._views = {}            # shape -> view of host: one array object per shape
 
-    def host_view(self, shape):
-        """The host copy, current and made the head, seen with `shape`.
-        Blobs sharing this memory with one shape get the same array."""
-        if self.head != HOST:
+    def host_view(self, shape, write=True):
+        """The host copy, current, seen with `shape`; made the head unless
+        the caller only reads (`write` False).  Blobs sharing this memory
+        with one shape get the same array."""
+        if self.head == DEVICE:
+            self.to_host()
+            if not write:
+                self.head = SYNCED          # read only: the device copy stays valid
+        elif self.head == UNINIT or (write and self.head == SYNCED):
             self.to_host()
         view = self._views.get(shape)
         if view is None:

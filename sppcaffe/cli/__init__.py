@@ -13,3 +13,36 @@ def add_net_state_arguments(parser, default_phase):
     parser.add_argument("--level", type=int, default=0, help="network level (default: 0)")
     parser.add_argument("--stage", action="append", default=[],
                         help="network stage; repeat for several")
+
+
+def add_gpu_argument(parser):
+    """--gpu ID, as Caffe's tools take it."""
+    parser.add_argument("--gpu", metavar="ID",
+                        help="run on the GPU with this CUDA ordinal, e.g. --gpu 0 (needs PyCUDA and "
+                             "an NVIDIA driver: README, section 'GPU'); default: the CPU")
+
+
+def select_device(gpu):
+    """GPU mode on the device `gpu` names (the --gpu value), or nothing when
+    it is None; a CliError saying why where that cannot be."""
+    import logging
+
+    from .. import backends
+    if gpu is None:
+        return False
+    ids = [part.strip() for part in str(gpu).split(",") if part.strip()]
+    if str(gpu).strip() == "all" or len(ids) != 1:
+        raise CliError(f"--gpu {gpu}: one GPU at a time (multi-GPU training is not supported); "
+                       "give one id, e.g. --gpu 0")
+    try:
+        device_id = int(ids[0])
+    except ValueError:
+        raise CliError(f"--gpu expects a GPU id such as 0, got '{gpu}'") from None
+    try:
+        backends.set_device(device_id)
+        backends.set_mode_gpu()
+    except (backends.GPUUnavailable, ValueError) as err:
+        raise CliError(f"--gpu {gpu}: {err}") from None
+    logging.getLogger("sppcaffe").info("Use GPU with device ID %d (%s)", device_id,
+                                       backends.current_device().name)
+    return True

@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 
-from .. import io
+from .. import backends, io
 from ..layer import LAYER_TYPES, LayerError
 from ..layers.data import ExternalDataLayer
 from ..net import TEST, TRAIN, Net, filter_net
 from ..random import set_random_seed
-from . import CliError, add_net_state_arguments
+from . import CliError, add_gpu_argument, add_net_state_arguments, select_device
 
 PROG = "time_net"
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
@@ -68,6 +68,7 @@ def build_parser():
     parser.add_argument("--force-backward", action="store_true",
                         help="run every layer's backward even when the net has no loss "
                              "(e.g. a deploy net), as force_backward: true")
+    add_gpu_argument(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for the random inputs, fillers and dropout (default: 0)")
     return parser
@@ -193,6 +194,19 @@ def ms_text(value):
     return f"{value:g}"
 
 
+def synchronized_clock():
+    """perf_counter after the device has finished its queued work (GPU
+    launches return at once; Caffe times with CUDA events to the same end)."""
+    if not backends.gpu_mode():
+        return time.perf_counter
+    device = backends.current_device()
+
+    def clock():
+        device.synchronize()
+        return time.perf_counter()
+    return clock
+
+
 def time_net(net, iterations, log):
     log("Performing Forward")
     loss = net.forward_from_to()
@@ -208,7 +222,7 @@ def time_net(net, iterations, log):
     forward_total = backward_total = 0.0
     log("*** Benchmark begins ***")
     log(f"Testing for {iterations} iterations.")
-    clock = time.perf_counter
+    clock = synchronized_clock()
     total_start = clock()
     for j in range(iterations):
         iter_start = clock()
@@ -250,16 +264,24 @@ def main(argv=None):
         return 2
     set_random_seed(args.seed)
     try:
-        net = load_net(args)
+        on_gpu = select_device(args.gpu)
+        return _time(args, log, on_gpu)
     except CliError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        backends.set_mode_cpu()
+
+
+def _time(args, log, on_gpu):
+    net = load_net(args)
     rng = np.random.default_rng(args.seed)
     for name, shape in args.data_shape:
         if name in net.inputs:
             net.blobs[name].reshape(shape)
     fill_random(net, rng)
-    log(f"Use CPU. Timing net '{net.name}' from {args.model}, phase {args.phase}.")
+    device = f"GPU ({backends.current_device().name})" if on_gpu else "CPU"
+    log(f"Use {device}. Timing net '{net.name}' from {args.model}, phase {args.phase}.")
     try:
         time_net(net, args.iterations, log)
     except LayerError as err:

@@ -22,16 +22,15 @@ import math
 import os
 import sys
 
-from .. import io
+from .. import backends, io
 from ..proto import caffe_pb2
 from ..solvers import get_solver
 from ..solvers.signals import ACTIONS, SNAPSHOT, STOP
 from ..solvers.solver import default_snapshot_prefix
 from . import config, progress
-from . import CliError
+from . import CliError, add_gpu_argument, select_device
 
 PROG = "train_net"
-GPU_UNAVAILABLE = "GPU backend not available in this build; run without --gpu"
 log = logging.getLogger("sppcaffe")
 
 
@@ -79,8 +78,7 @@ def add_common_arguments(parser):
                         help="BLAS threads (default: 1 for a small net, whose largest conv/fc "
                              "layer has under 20 M multiply-adds per pass, else the BLAS "
                              "library's own choice, one per core)")
-    parser.add_argument("--gpu", nargs="?", const="0", metavar="IDS",
-                        help="run on GPU(s) (not available in this build)")
+    add_gpu_argument(parser)
 
 
 # Below this many multiply-adds in its largest conv/fc layer, a net runs
@@ -172,9 +170,8 @@ def copy_weights(solver, weights):
 # ---------------------------------------------------------------------------
 def train(args):
     param = solver_parameters(args)
-    log.info("Use CPU.")
-    if param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
-        log.info("%s asks for solver_mode GPU; this build trains on the CPU", args.solver)
+    if args.gpu is None:
+        solver_device(param, args.solver)
     make_snapshot_folder(param)
     solver = get_solver(param, sigint_effect=args.sigint_effect,
                         sighup_effect=args.sighup_effect, source=args.solver)
@@ -215,14 +212,33 @@ def is_user_error(err):
     return isinstance(err, ValueError) and type(err).__module__.startswith("sppcaffe")
 
 
+def solver_device(param, source):
+    """Without --gpu, caffe train takes the mode and device from the solver
+    file; where its GPU cannot be had, train on the CPU and say why (the
+    model zoo's solvers all say GPU)."""
+    if param.solver_mode != caffe_pb2.SolverParameter.GPU:
+        log.info("Use CPU.")
+        return
+    try:
+        select_device(param.device_id)
+    except CliError as err:
+        log.warning("%s asks for solver_mode GPU, which cannot run here (%s); training on the "
+                    "CPU", source, err)
+        log.info("Use CPU.")
+
+
 def run_tool(prog, body, args):
-    """Run `body(args)` as a command-line tool: --gpu refused (exit 2),
-    then progress.run_main (Caffe-format logging, user errors as one
-    message, Ctrl-C as exit 130)."""
-    if getattr(args, "gpu", None) is not None:
-        print(f"{prog}: error: {GPU_UNAVAILABLE}", file=sys.stderr)
-        return 2
-    return progress.run_main(prog, body, args, is_user_error=is_user_error)
+    """Run `body(args)` as a command-line tool: the --gpu device (if any)
+    selected, then progress.run_main (Caffe-format logging, user errors as
+    one message, Ctrl-C as exit 130); CPU mode again afterwards, so a tool
+    called from Python leaves the mode as it found it."""
+    def run(args):
+        try:
+            select_device(getattr(args, "gpu", None))
+            return body(args)
+        finally:
+            backends.set_mode_cpu()
+    return progress.run_main(prog, run, args, is_user_error=is_user_error)
 
 
 def main(argv=None):

@@ -15,6 +15,22 @@ from ..random import get_rng
 from ..workspace import Workspace
 
 
+_UINT_MAX = 2 ** 32 - 1
+
+
+def _elementwise_forward_gpu(kernel, bottom, top):
+    """y = f(x) by a kernel (n, x, y)."""
+    n = bottom[0].count
+    gpu.kernel(kernel)(n, n, bottom[0].gpu_data, top[0].mutable_gpu_data)
+
+
+def _elementwise_backward_gpu(kernel, top, bottom):
+    """dx = dy * f'(x) by a kernel (n, dy, y, dx) reading only the top data,
+    so in place is safe."""
+    n = bottom[0].count
+    gpu.kernel(kernel)(n, n, top[0].gpu_diff, top[0].gpu_data, bottom[0].mutable_gpu_diff)
+
+
 class _NeuronLayer(Layer):
     """One bottom, one top of the same shape (Caffe's NeuronLayer)."""
     exact_num_bottom = 1
@@ -91,6 +107,13 @@ class SigmoidLayer(_NeuronLayer):
         slope *= y
         np.multiply(top[0].diff, slope, out=bottom[0].diff)
 
+    def forward_gpu(self, bottom, top):
+        _elementwise_forward_gpu("sigmoid_forward", bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            _elementwise_backward_gpu("sigmoid_backward", top, bottom)
+
 
 @register("TanH")
 class TanHLayer(_NeuronLayer):
@@ -109,6 +132,13 @@ class TanHLayer(_NeuronLayer):
         np.subtract(DTYPE(1), slope, out=slope)
         np.multiply(top[0].diff, slope, out=bottom[0].diff)
 
+    def forward_gpu(self, bottom, top):
+        _elementwise_forward_gpu("tanh_forward", bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            _elementwise_backward_gpu("tanh_backward", top, bottom)
+
 
 @register("Dropout")
 class DropoutLayer(_NeuronLayer):
@@ -123,6 +153,9 @@ class DropoutLayer(_NeuronLayer):
         self.keep_prob = DTYPE(1.0 - ratio)
         self.scale = DTYPE(1.0 / (1.0 - ratio))
         self.train = self.phase == caffe_pb2.TRAIN
+        # Caffe's uint_thres_: on the device a unit is dropped when its 32
+        # random bits are at most UINT_MAX * dropout_ratio.
+        self._gpu_threshold = int(_UINT_MAX * ratio)
         # Kept units hold `scale`, dropped ones 0: one multiply applies both.
         self._mask = Workspace()
 
@@ -145,3 +178,27 @@ class DropoutLayer(_NeuronLayer):
             np.multiply(dy, self._mask.like(dy), out=dx)
         elif dx is not dy:
             np.copyto(dx, dy)
+
+    # The device mask is a hash of (seed, element index) (kernels/dropout.cu):
+    # one seed drawn per forward from the framework's generator, and
+    # backward recomputes the same mask from it instead of storing one.
+    def forward_gpu(self, bottom, top):
+        n = bottom[0].count
+        if not self.train:
+            if top[0] is not bottom[0]:
+                gpu.blas().copy(top[0].mutable_gpu_data, bottom[0].gpu_data, 4 * n)
+            return
+        self._gpu_seed = int(get_rng().integers(0, 2 ** 64, dtype=np.uint64))
+        gpu.kernel("dropout_forward")(n, n, bottom[0].gpu_data, top[0].mutable_gpu_data,
+                                      self._gpu_seed, self._gpu_threshold, self.scale)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        n = bottom[0].count
+        if not self.train:
+            if top[0] is not bottom[0]:
+                gpu.blas().copy(bottom[0].mutable_gpu_diff, top[0].gpu_diff, 4 * n)
+            return
+        gpu.kernel("dropout_backward")(n, n, top[0].gpu_diff, bottom[0].mutable_gpu_diff,
+                                       self._gpu_seed, self._gpu_threshold, self.scale)

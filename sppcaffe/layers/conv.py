@@ -5,9 +5,14 @@ sppcaffe.im2col for the column layout) instead of Caffe's per-image loop;
 the sums are the same, only their order differs.  Columns computed in
 forward are kept for the weight gradient, so backward redoes im2col only
 when something else used the buffer in between.
+
+The device code (forward_gpu/backward_gpu) keeps that layout: im2col runs
+on chunks of images sized so the column buffer stays within
+``gpu_column_bytes``, and the groups are one strided-batched GEMM.
 """
 import numpy as np
 
+from ..backends import current_device, gpu
 from ..fillers import fill
 from ..im2col import Geometry, add_matmul, col2im, im2col
 from ..layer import Layer, register
@@ -45,6 +50,21 @@ def read_geometry(layer, p):
     return geom
 
 
+class DeviceOnes:
+    """A device vector of ones, grown on demand: bias gradients are
+    gemv's against it (a sum over rows without a reduction kernel)."""
+
+    def __init__(self):
+        self._held = None
+
+    def get(self, count):
+        held = self._held
+        if held is None or held.nbytes < 4 * count or held.device is not current_device():
+            held = self._held = current_device().alloc(4 * max(count, 1))
+            current_device().upload(held.ptr, np.ones(held.nbytes // 4, np.float32))
+        return held.ptr
+
+
 def _group_slices(total, group):
     size = total // group
     return [slice(g * size, (g + 1) * size) for g in range(group)]
@@ -54,6 +74,9 @@ def _group_slices(total, group):
 class ConvolutionLayer(Layer):
     min_num_bottom = 1
     min_num_top = 1
+    # Device memory for the columns of one chunk of images (and their GEMM
+    # output); tests set it small to force several chunks.
+    gpu_column_bytes = 256 << 20
 
     # ---- setup --------------------------------------------------------
     def layer_setup(self, bottom, top):
@@ -79,6 +102,8 @@ class ConvolutionLayer(Layer):
         self._out_groups = _group_slices(self.num_output, self.group)
         self._col_groups = _group_slices(self.channels * kh * kw, self.group)
         self._in_groups = _group_slices(self.channels, self.group)
+        self._dev = gpu.Workspace()
+        self._dev_ones = DeviceOnes()
         self._bottom_shape = None
 
     def _check_axes(self, p, shape):
@@ -131,6 +156,7 @@ class ConvolutionLayer(Layer):
         self._col_valid = {}     # bottom index -> holds that bottom's current im2col
         self._out_cols = None    # (num_output, N*Ho*Wo) GEMM output / top diff, transposed
         self._padded = None      # padding scratch shared by im2col and col2im
+        self._dev_cols_of = None  # (bottom index, buffer): device columns of that whole batch
 
     # ---- helpers --------------------------------------------------------
     def _buffer(self, name, shape):
@@ -234,3 +260,150 @@ class ConvolutionLayer(Layer):
         if want_x:
             for og, cg in zip(self._out_groups, self._in_groups):
                 np.matmul(w2[og].T, dy[:, og], out=dx3[:, cg])
+
+    # ---- device code ------------------------------------------------------
+    # Sizes: K = C*kh*kw column rows, P = Ho*Wo outputs per image, O outputs;
+    # a chunk of L images has columns (K, L*P) and GEMM rows (O, L*P), group
+    # g owning the contiguous row blocks g*K/G.. and g*O/G.. of each.
+    def _sizes(self):
+        n, c, h, w = self._bottom_shape
+        kh, kw = self.geom.kernel
+        ho, wo = self._top_shape[2:]
+        return n, c * kh * kw, ho * wo, self.num_output
+
+    def _chunk(self):
+        """Images per im2col chunk: as many as fit in gpu_column_bytes, at least one."""
+        n, k, p, o = self._sizes()
+        per_image = 4 * (k + o) * p
+        step = max(1, min(n, self.gpu_column_bytes // per_image))
+        # The kernels index a chunk with 32-bit ints.
+        if max(k * p, o * p, self._image_size()) * step >= 2 ** 31:
+            raise self.error(f"input {self._bottom_shape} is too large for the device kernels "
+                             f"(2^31 elements per chunk of images)")
+        return step
+
+    def _image_size(self):
+        _, c, h, w = self._bottom_shape
+        return c * h * w
+
+    def _chunks(self, step):
+        n = self._bottom_shape[0]
+        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+    def _geometry_args(self):
+        _, c, h, w = self._bottom_shape
+        g = self.geom
+        return (c, h, w, *g.kernel, *g.pad, *g.stride, *g.dilation, *self._top_shape[2:])
+
+    def _im2col_gpu(self, i, x, lo, hi, step):
+        """Columns of images [lo, hi) of bottom `i` in the device column buffer."""
+        _, k, p, _ = self._sizes()
+        col = self._dev.floats("columns", k * step * p)
+        if self._dev_cols_of == (i, col) and (lo, hi) == (0, self._bottom_shape[0]):
+            return col          # forward left this bottom's columns in place
+        count = self._bottom_shape[1] * (hi - lo) * p
+        gpu.kernel("im2col_batch")(count, count, x + 4 * lo * self._image_size(), hi - lo,
+                                   *self._geometry_args(), col)
+        self._dev_cols_of = None
+        return col
+
+    def _gemm_groups(self, trans_a, trans_b, m, n, k, a, stride_a, b, stride_b, beta, c, stride_c):
+        """One product per group (m, n, k are a group's), as a single call."""
+        blas = gpu.blas()
+        if self.group == 1:
+            blas.gemm(trans_a, trans_b, m, n, k, 1.0, a, b, beta, c)
+        else:
+            blas.gemm_strided_batched(trans_a, trans_b, m, n, k, 1.0, a, stride_a, b, stride_b,
+                                      beta, c, stride_c, self.group)
+
+    def forward_gpu(self, bottom, top):
+        n, k, p, o = self._sizes()
+        kg, og = k // self.group, o // self.group
+        w = self.blobs[0].gpu_data
+        bias = self.blobs[1].gpu_data if self.bias_term else 0
+        step = self._chunk()
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            x, y = b.gpu_data, t.mutable_gpu_data
+            if self.geom.is_pointwise():
+                self._forward_pointwise_gpu(x, w, bias, y)
+                continue
+            for lo, hi in self._chunks(step):
+                span = (hi - lo) * p
+                col = self._im2col_gpu(i, x, lo, hi, step)
+                rows = self._dev.floats("rows", o * step * p)
+                self._gemm_groups(False, False, og, span, kg, w, og * kg, col, kg * span, 0.0,
+                                  rows, og * span)
+                gpu.kernel("conv_rows_to_images")(o * span, o * span, rows, hi - lo, o, p, bias,
+                                                  int(self.bias_term), y + 4 * lo * o * p)
+                if (lo, hi) == (0, n):
+                    self._dev_cols_of = (i, col)
+
+    def _forward_pointwise_gpu(self, x, w, bias, y):
+        # Each image's (C, P) block is its column matrix: one product per
+        # group, batched over the images, writes the top directly.
+        n, c, p, o = self._sizes()
+        cg, og = c // self.group, o // self.group
+        blas = gpu.blas()
+        for g in range(self.group):
+            blas.gemm_strided_batched(False, False, og, p, cg, 1.0, w + 4 * g * og * cg, 0,
+                                      x + 4 * g * cg * p, c * p, 0.0, y + 4 * g * og * p, o * p, n)
+        if self.bias_term:
+            gpu.kernel("conv_add_bias")(n * o * p, n * o * p, y, bias, o, p)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        n, k, p, o = self._sizes()
+        kg, og = k // self.group, o // self.group
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
+        pointwise = self.geom.is_pointwise()
+        w = self.blobs[0].gpu_data
+        step = self._chunk()
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dy = t.gpu_diff
+            if want_b:
+                self._bias_grad_gpu(dy)
+            want_x = propagate_down[i]
+            if want_x and pointwise:
+                self._backward_pointwise_gpu(dy, w, b.mutable_gpu_diff)
+            if not (want_w or (want_x and not pointwise)):
+                continue
+            # The weight gradient sums over images and positions, so it takes
+            # both operands as (rows, L*P) -- for 1x1 too, where im2col is a
+            # transpose -- and makes it one GEMM per chunk.
+            x = b.gpu_data
+            dx = b.mutable_gpu_diff if want_x and not pointwise else None
+            image = self._image_size()
+            for lo, hi in self._chunks(step):
+                span = (hi - lo) * p
+                dy_rows = self._dev.floats("rows", o * step * p)
+                gpu.kernel("conv_images_to_rows")(o * span, o * span, dy + 4 * lo * o * p, hi - lo,
+                                                  o, p, dy_rows)
+                col = self._im2col_gpu(i, x, lo, hi, step) if want_w else \
+                    self._dev.floats("columns", k * step * p)
+                if want_w:
+                    self._gemm_groups(False, True, og, kg, span, dy_rows, og * span, col,
+                                      kg * span, 1.0, self.blobs[0].mutable_gpu_diff, og * kg)
+                if dx is not None:
+                    self._dev_cols_of = None    # the column gradient overwrites the columns
+                    self._gemm_groups(True, False, kg, span, og, w, og * kg, dy_rows, og * span,
+                                      0.0, col, kg * span)
+                    count = (hi - lo) * image
+                    gpu.kernel("col2im_batch")(count, count, col, hi - lo, *self._geometry_args(),
+                                               dx + 4 * lo * image)
+
+    def _bias_grad_gpu(self, dy):
+        # Sum over positions, then over images: two gemv's against ones.
+        n, _, p, o = self._sizes()
+        blas = gpu.blas()
+        ones = self._dev_ones.get(max(n, p))
+        per_image = self._dev.floats("bias_sums", n * o)
+        blas.gemv(False, n * o, p, 1.0, dy, ones, 0.0, per_image)
+        blas.gemv(True, n, o, 1.0, per_image, ones, 1.0, self.blobs[1].mutable_gpu_diff)
+
+    def _backward_pointwise_gpu(self, dy, w, dx):
+        n, c, p, o = self._sizes()
+        cg, og = c // self.group, o // self.group
+        blas = gpu.blas()
+        for g in range(self.group):
+            blas.gemm_strided_batched(True, False, cg, p, og, 1.0, w + 4 * g * og * cg, 0,
+                                      dy + 4 * g * og * p, o * p, 0.0, dx + 4 * g * cg * p, c * p, n)

@@ -1,9 +1,11 @@
 """InnerProduct (fully connected), as Caffe's InnerProductLayer."""
 import numpy as np
 
+from ..backends import gpu
 from ..fillers import fill
 from ..im2col import add_matmul
 from ..layer import Layer, canonical_axis, register
+from .conv import DeviceOnes
 
 
 @register("InnerProduct")
@@ -38,6 +40,7 @@ class InnerProductLayer(Layer):
                 fill(blob, filler)
                 self.blobs.append(blob)
         self.param_propagate_down = [True] * len(self.blobs)
+        self._dev_ones = DeviceOnes()
         self._bottom_shape = None
 
     def _axis(self, shape):
@@ -80,3 +83,33 @@ class InnerProductLayer(Layer):
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self._rows, self.inputs)
             np.matmul(dy, self._weights_nk(self.blobs[0].data), out=dx)
+
+    # ---- device code: the same products with cuBLAS (row-major) ----------
+    # x is (rows, K); W is (num_output, K), or (K, num_output) transposed.
+    def forward_gpu(self, bottom, top):
+        m, k, n = self._rows, self.inputs, self.num_output
+        blas = gpu.blas()
+        y = top[0].mutable_gpu_data
+        blas.gemm(False, not self.transpose, m, n, k, 1.0, bottom[0].gpu_data,
+                  self.blobs[0].gpu_data, 0.0, y)
+        if self.bias_term:
+            # y += ones (rows x 1) * b (1 x num_output): Caffe's bias GEMM.
+            blas.gemm(False, False, m, n, 1, 1.0, self._dev_ones.get(m), self.blobs[1].gpu_data,
+                      1.0, y)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        m, k, n = self._rows, self.inputs, self.num_output
+        blas = gpu.blas()
+        dy = top[0].gpu_diff
+        if self.param_propagate_down[0]:
+            x, dw = bottom[0].gpu_data, self.blobs[0].mutable_gpu_diff
+            if self.transpose:
+                blas.gemm(True, False, k, n, m, 1.0, x, dy, 1.0, dw)
+            else:
+                blas.gemm(True, False, n, k, m, 1.0, dy, x, 1.0, dw)
+        if self.bias_term and self.param_propagate_down[1]:
+            blas.gemv(True, m, n, 1.0, dy, self._dev_ones.get(m), 1.0,
+                      self.blobs[1].mutable_gpu_diff)
+        if propagate_down[0]:
+            blas.gemm(False, self.transpose, m, k, n, 1.0, dy, self.blobs[0].gpu_data, 0.0,
+                      bottom[0].mutable_gpu_diff)

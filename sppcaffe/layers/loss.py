@@ -5,6 +5,7 @@ its diff before backward, and backward scales the gradient by it.
 """
 import numpy as np
 
+from ..backends import gpu
 from ..blob import DTYPE
 from ..layer import Layer, canonical_axis, register
 from ..proto import caffe_pb2
@@ -22,11 +23,47 @@ def _softmax(x, axis, out):
     out /= out.sum(axis=axis, keepdims=True)
 
 
+def _split_at(shape, axis):
+    """(outer, classes, inner): Caffe's outer_num_ x channels x inner_num_
+    layout around the softmax axis."""
+    return int(np.prod(shape[:axis])), int(shape[axis]), int(np.prod(shape[axis + 1:]))
+
+
 def _as_3d(array, axis):
-    """(outer, classes, inner) view of a contiguous array: Caffe's
-    outer_num_ x channels x inner_num_ layout around the softmax axis."""
-    shape = array.shape
-    return array.reshape(int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:])))
+    """(outer, classes, inner) view of a contiguous array."""
+    return array.reshape(_split_at(array.shape, axis))
+
+
+# ---- device helpers (kernels/softmax.cu, kernels/loss.cu) --------------------
+def _softmax_gpu(x, y, outer, channels, inner, scratch):
+    """Softmax of the device array at `x` into `y` (may be `x`), in Caffe's
+    steps; `scratch` (a gpu.Workspace) holds the per-position max, then sum."""
+    positions, count = outer * inner, outer * channels * inner
+    per_position = scratch.floats("softmax_per_position", positions)
+    gpu.kernel("softmax_channel_max")(positions, positions, channels, inner, x, per_position)
+    gpu.kernel("softmax_subtract_exp")(count, count, channels, inner, x, per_position, y)
+    gpu.kernel("softmax_channel_sum")(positions, positions, channels, inner, y, per_position)
+    gpu.kernel("softmax_channel_div")(count, count, channels, inner, per_position, y)
+
+
+class _DeviceSums:
+    """Row sums of a packed (rows, n) device matrix, left on the device: a
+    gemv with a ones vector, so a loss never waits for the host."""
+
+    def __init__(self, scratch):
+        self.scratch = scratch
+        self._ones_for = None           # (n, address, device) the ones were uploaded to
+
+    def __call__(self, matrix, rows, n):
+        """The address of `rows` floats holding the sums."""
+        ones = self.scratch.floats("ones", n)
+        device = gpu.blas()
+        if self._ones_for != (n, ones, device):
+            device.upload(ones, np.ones(n, DTYPE))
+            self._ones_for = (n, ones, device)
+        sums = self.scratch.floats("sums", rows)
+        device.gemv(False, rows, n, 1.0, matrix, ones, 0.0, sums)
+        return sums
 
 
 class _LabelledPredictions:
@@ -63,11 +100,18 @@ class _LabelledPredictions:
             raise self.layer.error(f"label value {bad} out of range [0, {self.num_classes})")
         return labels, valid, np.where(valid, labels, 0)
 
+    def kernel_ignore_args(self):
+        """(has_ignore, ignore_label) as the kernels take them."""
+        return (0, 0) if self.ignore_label is None else (1, int(self.ignore_label))
+
 
 @register("Softmax")
 class SoftmaxLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        self._dev = gpu.Workspace()
 
     def reshape(self, bottom, top):
         self.axis = canonical_axis(self, self.param.softmax_param.axis, bottom[0].shape)
@@ -86,6 +130,21 @@ class SoftmaxLayer(Layer):
         dx3 = _as_3d(bottom[0].diff, self.axis)
         np.subtract(_as_3d(dy, self.axis), dot[:, None, :], out=dx3)
         dx3 *= _as_3d(y, self.axis)
+
+    def forward_gpu(self, bottom, top):
+        _softmax_gpu(bottom[0].gpu_data, top[0].mutable_gpu_data,
+                     *_split_at(bottom[0].shape, self.axis), self._dev)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        outer, channels, inner = _split_at(top[0].shape, self.axis)
+        positions, count = outer * inner, top[0].count
+        y, dy = top[0].gpu_data, top[0].gpu_diff
+        dot = self._dev.floats("dot", positions)
+        gpu.kernel("softmax_channel_dot")(positions, positions, channels, inner, dy, y, dot)
+        gpu.kernel("softmax_backward_apply")(count, count, channels, inner, dy, y, dot,
+                                             bottom[0].mutable_gpu_diff)
 
 
 class _LossLayer(Layer):
@@ -127,6 +186,8 @@ class SoftmaxWithLossLayer(_LossLayer):
         else:
             self.normalization = lp.normalization
         self._prob = np.empty(0, DTYPE)
+        self._dev = gpu.Workspace()         # device prob, per-position terms, sums
+        self._sums = _DeviceSums(self._dev)
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
@@ -159,10 +220,13 @@ class SoftmaxWithLossLayer(_LossLayer):
         if len(top) > 1:
             np.copyto(top[1].data, self._prob)
 
-    def backward(self, top, propagate_down, bottom):
+    def _wants_gradient(self, propagate_down):
         if propagate_down[1]:
             raise self.error("SoftmaxWithLoss Layer cannot backpropagate to label inputs.")
-        if not propagate_down[0]:
+        return propagate_down[0]
+
+    def backward(self, top, propagate_down, bottom):
+        if not self._wants_gradient(propagate_down):
             return
         dx = bottom[0].diff
         np.copyto(dx, self._prob)
@@ -173,6 +237,33 @@ class SoftmaxWithLossLayer(_LossLayer):
             dx3 *= self._valid[:, None, :]
         dx *= DTYPE(self.loss_weight(top) / self.normalizer(self._count))
 
+    def forward_gpu(self, bottom, top):
+        t = self.targets
+        positions = t.outer * t.inner
+        prob = self._dev.floats("prob", bottom[0].count)
+        _softmax_gpu(bottom[0].gpu_data, prob, t.outer, t.num_classes, t.inner, self._dev)
+        terms = self._dev.floats("terms", 2 * positions)      # losses, then counted flags
+        gpu.kernel("softmax_loss_forward")(positions, positions, t.num_classes, t.inner, prob,
+                                           bottom[1].gpu_data, *t.kernel_ignore_args(), terms)
+        sums = self._sums(terms, 2, positions)
+        # VALID divides by the count summed on the device; the other modes'
+        # normalizers do not depend on the labels.
+        use_count = self.normalization == caffe_pb2.LossParameter.VALID
+        gpu.kernel("loss_normalize")(1, 1, sums, int(use_count), self.normalizer(0),
+                                     top[0].mutable_gpu_data, self._dev.floats("inv_normalizer", 1))
+        if len(top) > 1:
+            gpu.blas().copy(top[1].mutable_gpu_data, prob, 4 * bottom[0].count)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not self._wants_gradient(propagate_down):
+            return
+        t = self.targets
+        count = bottom[0].count
+        gpu.kernel("softmax_loss_backward")(
+            count, count, t.num_classes, t.inner, self._dev.floats("prob", count),
+            bottom[1].gpu_data, *t.kernel_ignore_args(), top[0].gpu_diff,
+            self._dev.floats("inv_normalizer", 1), bottom[0].mutable_gpu_diff)
+
 
 @register("EuclideanLoss")
 class EuclideanLossLayer(_LossLayer):
@@ -180,6 +271,8 @@ class EuclideanLossLayer(_LossLayer):
 
     def layer_setup(self, bottom, top):
         self._diff = np.empty(0, DTYPE)
+        self._dev = gpu.Workspace()         # device diff, its squares, sums
+        self._sums = _DeviceSums(self._dev)
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
@@ -203,6 +296,22 @@ class EuclideanLossLayer(_LossLayer):
                 np.multiply(self._diff.reshape(b.shape), DTYPE(sign * self.loss_weight(top) / b.num),
                             out=b.diff)
 
+    def forward_gpu(self, bottom, top):
+        n = bottom[0].count
+        diff, squared = self._dev.floats("diff", n), self._dev.floats("squared", n)
+        gpu.kernel("euclidean_loss_forward")(n, n, bottom[0].gpu_data, bottom[1].gpu_data, diff,
+                                             squared)
+        gpu.kernel("loss_normalize")(1, 1, self._sums(squared, 1, n), 0, 2.0 * bottom[0].num,
+                                     top[0].mutable_gpu_data, self._dev.floats("inv_normalizer", 1))
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        n = bottom[0].count
+        for b, down, sign in zip(bottom, propagate_down, (1.0, -1.0)):
+            if down:
+                gpu.kernel("euclidean_loss_backward")(n, n, self._dev.floats("diff", n),
+                                                      top[0].gpu_diff, sign / b.num,
+                                                      b.mutable_gpu_diff)
+
 
 @register("Accuracy")
 class AccuracyLayer(Layer):
@@ -221,6 +330,8 @@ class AccuracyLayer(Layer):
         p = self.param.accuracy_param
         self.top_k = int(p.top_k)
         self.targets = _LabelledPredictions(self, p.ignore_label if p.HasField("ignore_label") else None)
+        self._dev = gpu.Workspace()         # device per-position terms, sums
+        self._sums = _DeviceSums(self._dev)
 
     def reshape(self, bottom, top):
         if self.top_k > bottom[0].count // max(bottom[1].count, 1):
@@ -249,3 +360,18 @@ class AccuracyLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if any(propagate_down):
             raise self.error("Accuracy has no backward (set propagate_down: false on its bottoms)")
+
+    def forward_gpu(self, bottom, top):
+        t = self.targets
+        positions = t.outer * t.inner
+        labels = bottom[1].gpu_data
+        terms = self._dev.floats("terms", 2 * positions)      # hits, then counted flags
+        gpu.kernel("accuracy_forward")(positions, positions, t.num_classes, t.inner,
+                                       bottom[0].gpu_data, labels, self.top_k,
+                                       *t.kernel_ignore_args(), terms)
+        # hits / max(1, counted) is hits / counted, or 0 when nothing counted.
+        gpu.kernel("loss_normalize")(1, 1, self._sums(terms, 2, positions), 1, 1.0,
+                                     top[0].mutable_gpu_data, self._dev.floats("inv_normalizer", 1))
+        if len(top) > 1:
+            gpu.kernel("accuracy_per_class")(t.num_classes, t.num_classes, positions, labels, terms,
+                                             top[1].mutable_gpu_data)

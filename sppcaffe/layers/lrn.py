@@ -16,6 +16,7 @@ window of `local_size` = n cells:
 """
 import numpy as np
 
+from ..backends import gpu
 from ..blob import DTYPE
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -111,6 +112,7 @@ class LRNLayer(Layer):
         else:
             self.a, self.k = float(p.alpha) / self.size, float(p.k)
         self._shape = None
+        self._dev = gpu.Workspace()     # the device's scale (and backward scratch)
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -172,3 +174,41 @@ class LRNLayer(Layer):
         correction *= DTYPE(2.0 * self.a * self.beta)
         np.divide(dy, scale_pow, out=dx)
         dx -= correction
+
+    # ---- device code (kernels/lrn.cu) ----------------------------------
+    # The scale is kept on the device from forward to backward, as Caffe's
+    # scale_ blob; the host's _scale arrays are not used.
+    def forward_gpu(self, bottom, top):
+        num, channels, height, width = bottom[0].shape
+        count = bottom[0].count
+        x = bottom[0].gpu_data
+        scale = self._dev.floats("scale", count)
+        if self.within:
+            gpu.kernel("lrn_within_fill_scale")(count, count, x, height, width, self.size,
+                                                self.a, self.k, scale)
+        else:
+            columns = num * height * width
+            gpu.kernel("lrn_across_fill_scale")(columns, columns, x, channels, height * width,
+                                                self.size, self.a, self.k, scale)
+        gpu.kernel("lrn_compute_output")(count, count, x, scale, -self.beta,
+                                         top[0].mutable_gpu_data)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        num, channels, height, width = bottom[0].shape
+        count = bottom[0].count
+        x, y, dy = bottom[0].gpu_data, top[0].gpu_data, top[0].gpu_diff
+        scale = self._dev.floats("scale", count)
+        cache_ratio = 2.0 * self.a * self.beta
+        if self.within:
+            ratio = self._dev.floats("ratio", count)
+            gpu.kernel("lrn_within_ratio")(count, count, dy, y, scale, ratio)
+            gpu.kernel("lrn_within_compute_diff")(count, count, x, scale, dy, ratio, height, width,
+                                                  self.size, -self.beta, cache_ratio,
+                                                  bottom[0].mutable_gpu_diff)
+        else:
+            columns = num * height * width
+            gpu.kernel("lrn_across_compute_diff")(columns, columns, x, y, scale, dy, channels,
+                                                  height * width, self.size, -self.beta,
+                                                  cache_ratio, bottom[0].mutable_gpu_diff)

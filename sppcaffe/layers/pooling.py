@@ -14,9 +14,14 @@ MAX returns Caffe's argmax: per (n, c) plane, the flat index h*W + w of the
 first maximum in row-major window order; ``max_pool_backward`` routes top
 gradients through it for either family.  Backward functions ADD into the
 ``dx`` they are given, so several poolings of one input can share it.
+
+PoolingLayer's device code runs Caffe's kernels (kernels/pooling.cu) with the
+geometry planned here; SPP and window pooling reach the bin kernels of the
+same file through sppcaffe.backends.gpu.window_pool.
 """
 import numpy as np
 
+from ..backends import gpu
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..spp_geometry import ceil_div, pooled_size, uniform_bins
@@ -340,6 +345,7 @@ class PoolingLayer(MapPoolingLayer):
             raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil_mode = p.round_mode == _P.CEIL
         self._ws = Workspace()
+        self._dev = gpu.Workspace()
 
     def _plan(self, shape):
         n, c, h, w = shape
@@ -380,3 +386,33 @@ class PoolingLayer(MapPoolingLayer):
             max_pool_backward(top[0].diff, argmax, dx)
         else:
             ave_pool_backward(top[0].diff, self.window, self.stride, self.pad, dx, ws=self._ws)
+
+    # ---- device code (kernels/pooling.cu: Caffe's kernels) ------------------
+    def _device_geometry(self, bottom):
+        _, c, h, w = bottom[0].shape
+        return (c, h, w, *self.out_shape, *self.window, *self.stride, *self.pad)
+
+    def forward_gpu(self, bottom, top):
+        count = top[0].count
+        args = (count, bottom[0].gpu_data, *self._device_geometry(bottom), top[0].mutable_gpu_data)
+        if not self.is_max:
+            gpu.kernel("pool_ave_forward")(count, *args)
+        elif len(top) > 1:          # Caffe writes the mask straight into the second top
+            gpu.kernel("pool_max_forward")(count, *args, 0, top[1].mutable_gpu_data)
+        else:
+            gpu.kernel("pool_max_forward")(count, *args, self._dev.get("mask", 4 * count), 0)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        count = bottom[0].count
+        geometry = self._device_geometry(bottom)
+        dy, dx = top[0].gpu_diff, bottom[0].mutable_gpu_diff
+        # The kernels gather every bottom cell's gradient: dx is overwritten.
+        if not self.is_max:
+            gpu.kernel("pool_ave_backward")(count, count, dy, *geometry, dx)
+        elif len(top) > 1:
+            gpu.kernel("pool_max_backward")(count, count, dy, 0, top[1].gpu_data, *geometry, dx)
+        else:
+            mask = self._dev.get("mask", 4 * top[0].count)
+            gpu.kernel("pool_max_backward")(count, count, dy, mask, 0, *geometry, dx)

@@ -15,13 +15,16 @@ pyramid_height h gives BVLC's 1, 2, 4, ... 2^(h-1).  CAFFE accepts an
 explicit list only when it is exactly that (BVLC can pool nothing else).
 
 All methods run through the per-axis bin kernels of sppcaffe.layers.pooling
-(one code path; the bins decide the method).
+(one code path; the bins decide the method); on the GPU the same bins,
+packed into tables (sppcaffe.backends.gpu.window_pool), drive one kernel.
 """
 import warnings
 
 import numpy as np
 
 from .. import spp_geometry as geometry
+from ..backends import gpu
+from ..backends.gpu import window_pool as device_pool
 from ..layer import register
 from ..proto import caffe_pb2
 from .pooling import (MapPoolingLayer, ave_pool_bins, ave_pool_bins_backward, max_pool_backward,
@@ -64,6 +67,8 @@ class SPPLayer(MapPoolingLayer):
         self.levels = read_levels(self, p, self.method)
         self.bvlc_single_level = self.method == geometry.CAFFE and self.levels == [1]
         self._warned = False
+        self._device_bins = device_pool.DeviceBins()
+        self._dev = gpu.Workspace()
 
     def _plan(self, shape):
         n, c, h, w = shape
@@ -83,6 +88,7 @@ class SPPLayer(MapPoolingLayer):
         length = geometry.pyramid_output_length(self.levels, c)
         self._top_shape = (n, c, 1, 1) if self.bvlc_single_level else (n, length)
         self._argmax = [None] * len(self.levels)
+        self._tables = device_pool.bin_tables(self._bins, c)    # uploaded when first used
 
     def _warn_uncovered(self, h, w):
         if self._warned:
@@ -118,3 +124,24 @@ class SPPLayer(MapPoolingLayer):
                 max_pool_backward(g, self._argmax[level], dx)
             else:
                 ave_pool_bins_backward(g, rows, cols, dx)
+
+    # ---- device code: one launch for all levels ----------------------------------
+    def _device_argmax(self, bottom):
+        return self._dev.get("argmax", 4 * bottom[0].num * self._tables.row_length)
+
+    def forward_gpu(self, bottom, top):
+        _, c, h, w = bottom[0].shape
+        bins = self._device_bins.load(self._tables)
+        pool = device_pool.MAX if self.is_max else device_pool.AVE
+        argmax = self._device_argmax(bottom) if self.is_max else 0
+        device_pool.pool_forward(bins, pool, bottom[0].gpu_data, (c, h, w), bottom[0].num,
+                                 top[0].mutable_gpu_data, argmax)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        bins = self._device_bins.load(self._tables)
+        pool = device_pool.MAX if self.is_max else device_pool.AVE
+        argmax = self._device_argmax(bottom) if self.is_max else 0
+        device_pool.pool_backward_shared(bins, pool, top[0].gpu_diff, argmax, bottom[0].shape,
+                                         bottom[0].mutable_gpu_diff)

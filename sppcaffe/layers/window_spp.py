@@ -14,6 +14,13 @@ sppcaffe.detection.window_pool.  Windows of one image that land on the same
 cells are pooled once.  MAX's argmax is not kept: backward recomputes it
 from bottom[0], which no layer changes between forward and backward.
 
+On the GPU the windows are mapped on the host as above (bottom[1] is a small
+table read from the host), every window is pooled by one kernel launch over
+the whole batch (no deduplication: a duplicate costs a little work, not a
+host round trip), MAX keeps its argmax from forward for backward, and
+backward adds each window's gradient atomically (sppcaffe.backends.gpu.
+window_pool).
+
 ``spp_param``: ``levels`` (bins per side, e.g. 6 3 2 1, or pyramid_height),
 ``pool`` (MAX or AVE), ``method`` must be ADAPTIVE.  The stride and the
 mapping come from ``window_stride`` and ``window_mapping`` (and the released
@@ -24,6 +31,8 @@ offsets 21 and 6.5.
 import numpy as np
 
 from .. import spp_geometry as geometry
+from ..backends import gpu
+from ..backends.gpu import window_pool as device_pool
 from ..detection import mapping, window_pool
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -58,6 +67,9 @@ class WindowSPPLayer(Layer):
             raise self.error(f"window_stride must be at least 1, got {self.stride}")
         self.mapping = _window_mapping(p)
         self.released = mapping.ReleasedGeometry(p.window_offset0, p.window_offset)
+        self._device_bins = device_pool.DeviceBins()
+        self._dev = gpu.Workspace()
+        self._device_pass = None         # (rows, argmax pointer) of the last forward_gpu
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0
@@ -73,8 +85,8 @@ class WindowSPPLayer(Layer):
                              f"got shape {rois}")
         top[0].reshape(count, geometry.pyramid_output_length(self.levels, shape[1]))
 
-    def _windows(self, bottom):
-        """Per image in the batch: (rows of the top, unique cells, inverse)."""
+    def _cells(self, bottom):
+        """(batch index, inclusive map cells (R, 4)) of every window, checked."""
         n, _, h, w = bottom[0].shape
         rois = bottom[1].data.reshape(-1, 5).astype(np.float64)
         batch = rois[:, 0]
@@ -86,8 +98,13 @@ class WindowSPPLayer(Layer):
             raise self.error("every window needs x2 >= x1 and y2 >= y1")
         cells = mapping.boxes_to_cells(rois[:, 1:], (h, w), self.mapping, self.stride,
                                        self.released)
+        return batch.astype(np.int64), cells
+
+    def _windows(self, bottom):
+        """Per image in the batch: (rows of the top, unique cells, inverse)."""
+        batch, cells = self._cells(bottom)
         groups = []
-        for image in range(n):
+        for image in range(bottom[0].num):
             rows = np.flatnonzero(batch == image)
             if rows.size:
                 unique, inverse = window_pool.unique_windows(cells[rows])
@@ -95,6 +112,7 @@ class WindowSPPLayer(Layer):
         return groups
 
     def forward(self, bottom, top):
+        self._device_pass = None
         x = bottom[0].data
         out = top[0].data
         for image, rows, unique, inverse in self._windows(bottom):
@@ -112,3 +130,34 @@ class WindowSPPLayer(Layer):
             grad = window_pool.sum_duplicates(dy[rows], inverse)
             dx[image] = window_pool.pool_windows_backward(bottom[0].data[image], unique,
                                                           self.levels, grad, self.pool)
+
+    # ---- device code ---------------------------------------------------------------
+    def _pool_gpu(self, bottom, out):
+        """Pool every window into the device rows at `out`; returns the rows
+        and the argmax pointer (0 for AVE)."""
+        _, c, h, w = bottom[0].shape
+        batch, cells = self._cells(bottom)
+        tables = device_pool.window_tables(cells, self.levels, (h, w), c, batch)
+        rows = len(cells)
+        argmax = 0
+        if self.pool == window_pool.MAX:
+            argmax = self._dev.get("argmax", 4 * rows * tables.row_length)
+        device_pool.pool_forward(self._device_bins.load(tables), self.pool, bottom[0].gpu_data,
+                                 (c, h, w), rows, out, argmax)
+        return rows, argmax
+
+    def forward_gpu(self, bottom, top):
+        self._device_pass = self._pool_gpu(bottom, top[0].mutable_gpu_data)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if self._device_pass is None:
+            # No device forward since the host one: pool again for the tables and argmax.
+            self._device_pass = self._pool_gpu(bottom, self._dev.floats("pooled", top[0].count))
+        rows, argmax = self._device_pass
+        _, c, h, w = bottom[0].shape
+        dx = bottom[0].mutable_gpu_diff
+        gpu.blas().memset0(dx, 4 * bottom[0].count)
+        device_pool.pool_backward_windows(self._device_bins, self.pool, top[0].gpu_diff, argmax,
+                                          (c, h, w), rows, dx)

@@ -9,6 +9,8 @@ ordered without explicit synchronization.
 import atexit
 import ctypes
 import ctypes.util
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -134,6 +136,7 @@ class Cublas:
         found = ctypes.util.find_library("cublas")
         if found:
             names.insert(0, found)
+        names += [str(p) for p in self._bundled()]
         for name in names:
             try:
                 return ctypes.CDLL(name)
@@ -141,6 +144,23 @@ class Cublas:
                 continue
         raise GPUUnavailable("cuBLAS (libcublas.so) was not found: install the CUDA toolkit's "
                              "libraries or put their folder on LD_LIBRARY_PATH")
+
+    @staticmethod
+    def _bundled():
+        """libcublas from the toolkit folder or from NVIDIA's pip wheel
+        (nvidia-cublas, which PyTorch installs), neither always on the
+        loader's path."""
+        folders = []
+        for variable in ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"):
+            if os.environ.get(variable):
+                folders.append(Path(os.environ[variable]) / "lib64")
+        folders.append(Path("/usr/local/cuda/lib64"))
+        try:
+            import nvidia.cublas
+            folders += [Path(p) / "lib" for p in nvidia.cublas.__path__]
+        except ImportError:
+            pass
+        return [lib for folder in folders for lib in sorted(folder.glob("libcublas.so*"))]
 
     @staticmethod
     def _check(status, what):
