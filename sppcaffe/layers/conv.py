@@ -12,7 +12,7 @@ on chunks of images sized so the column buffer stays within
 """
 import numpy as np
 
-from ..backends import current_device, gpu
+from ..backends import gpu
 from ..fillers import fill
 from ..im2col import Geometry, add_matmul, col2im, im2col
 from ..layer import Layer, register
@@ -48,21 +48,6 @@ def read_geometry(layer, p):
         if min(getattr(geom, name)) < 1:
             raise layer.error(f"{name} must be positive, got {getattr(geom, name)}")
     return geom
-
-
-class DeviceOnes:
-    """A device vector of ones, grown on demand: bias gradients are
-    gemv's against it (a sum over rows without a reduction kernel)."""
-
-    def __init__(self):
-        self._held = None
-
-    def get(self, count):
-        held = self._held
-        if held is None or held.nbytes < 4 * count or held.device is not current_device():
-            held = self._held = current_device().alloc(4 * max(count, 1))
-            current_device().upload(held.ptr, np.ones(held.nbytes // 4, np.float32))
-        return held.ptr
 
 
 def _group_slices(total, group):
@@ -103,7 +88,6 @@ class ConvolutionLayer(Layer):
         self._col_groups = _group_slices(self.channels * kh * kw, self.group)
         self._in_groups = _group_slices(self.channels, self.group)
         self._dev = gpu.Workspace()
-        self._dev_ones = DeviceOnes()
         self._bottom_shape = None
 
     def _check_axes(self, p, shape):
@@ -395,7 +379,7 @@ class ConvolutionLayer(Layer):
         # Sum over positions, then over images: two gemv's against ones.
         n, _, p, o = self._sizes()
         blas = gpu.blas()
-        ones = self._dev_ones.get(max(n, p))
+        ones = gpu.ones(max(n, p))
         per_image = self._dev.floats("bias_sums", n * o)
         blas.gemv(False, n * o, p, 1.0, dy, ones, 0.0, per_image)
         blas.gemv(True, n, o, 1.0, per_image, ones, 1.0, self.blobs[1].mutable_gpu_diff)

@@ -5,7 +5,6 @@ from ..backends import gpu
 from ..fillers import fill
 from ..im2col import add_matmul
 from ..layer import Layer, canonical_axis, register
-from .conv import DeviceOnes
 
 
 @register("InnerProduct")
@@ -40,7 +39,6 @@ class InnerProductLayer(Layer):
                 fill(blob, filler)
                 self.blobs.append(blob)
         self.param_propagate_down = [True] * len(self.blobs)
-        self._dev_ones = DeviceOnes()
         self._bottom_shape = None
 
     def _axis(self, shape):
@@ -94,7 +92,7 @@ class InnerProductLayer(Layer):
                   self.blobs[0].gpu_data, 0.0, y)
         if self.bias_term:
             # y += ones (rows x 1) * b (1 x num_output): Caffe's bias GEMM.
-            blas.gemm(False, False, m, n, 1, 1.0, self._dev_ones.get(m), self.blobs[1].gpu_data,
+            blas.gemm(False, False, m, n, 1, 1.0, gpu.ones(m), self.blobs[1].gpu_data,
                       1.0, y)
 
     def backward_gpu(self, top, propagate_down, bottom):
@@ -108,7 +106,7 @@ class InnerProductLayer(Layer):
             else:
                 blas.gemm(True, False, n, k, m, 1.0, dy, x, 1.0, dw)
         if self.bias_term and self.param_propagate_down[1]:
-            blas.gemv(True, m, n, 1.0, dy, self._dev_ones.get(m), 1.0,
+            blas.gemv(True, m, n, 1.0, dy, gpu.ones(m), 1.0,
                       self.blobs[1].mutable_gpu_diff)
         if propagate_down[0]:
             blas.gemm(False, self.transpose, m, k, n, 1.0, dy, self.blobs[0].gpu_data, 0.0,

@@ -52,17 +52,11 @@ class _DeviceSums:
 
     def __init__(self, scratch):
         self.scratch = scratch
-        self._ones_for = None           # (n, address, device) the ones were uploaded to
 
     def __call__(self, matrix, rows, n):
         """The address of `rows` floats holding the sums."""
-        ones = self.scratch.floats("ones", n)
-        device = gpu.blas()
-        if self._ones_for != (n, ones, device):
-            device.upload(ones, np.ones(n, DTYPE))
-            self._ones_for = (n, ones, device)
         sums = self.scratch.floats("sums", rows)
-        device.gemv(False, rows, n, 1.0, matrix, ones, 0.0, sums)
+        gpu.blas().gemv(False, rows, n, 1.0, matrix, gpu.ones(n), 0.0, sums)
         return sums
 
 

@@ -24,6 +24,11 @@ def blas():
     return current_device()
 
 
+def ones(count):
+    """The address of a device vector of at least `count` ones."""
+    return current_device().ones(count)
+
+
 class Workspace:
     """Device scratch buffers by name, reused while the size holds (the
     device twin of ``sppcaffe.workspace.Workspace``)."""

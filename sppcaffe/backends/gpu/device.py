@@ -7,6 +7,8 @@ both.  Addresses are plain ints; offsets are the caller's
 (``ptr + 4 * elements`` for float32).  Matrices are row-major and packed,
 with Caffe's ``caffe_gpu_gemm``/``caffe_gpu_gemv`` argument order.
 """
+import numpy as np
+
 from .sources import find_kernel
 
 # How each argument kind is turned into what the launcher packs.
@@ -46,6 +48,17 @@ class Device:
     def __init__(self):
         self._modules = {}      # kernel file -> compiled module
         self._kernels = {}      # kernel name -> Kernel
+        self._ones = None
+
+    def ones(self, count):
+        """The address of at least `count` ones, kept on the device and
+        grown on demand: sums over rows (bias gradients, losses) are
+        gemv's against it."""
+        held = self._ones
+        if held is None or held.nbytes < 4 * count:
+            held = self._ones = self.alloc(4 * max(int(count), 1024))
+            self.upload(held.ptr, np.ones(held.nbytes // 4, np.float32))
+        return held.ptr
 
     def kernel(self, name):
         kernel = self._kernels.get(name)
