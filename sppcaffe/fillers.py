@@ -1,10 +1,16 @@
-"""Weight fillers, as Caffe's FillerParameter types.
+"""Weight fillers, as Caffe's FillerParameter types, and device fills.
 
 Values are drawn in float32: ZF-5's fc6 has 52M weights, and float64
 temporaries would double the memory a net takes to build.
+
+Fillers run on the host in either mode, as Caffe's do; a filled blob is
+copied to the device once, when device code first reads it.  Device code
+that needs memory set or randomised in place uses the ``gpu_*`` helpers
+at the end (kernels in backends/gpu/kernels/fill.cu).
 """
 import numpy as np
 
+from .backends import gpu
 from .random import get_rng
 
 
@@ -105,3 +111,36 @@ def fill(blob, param, rng=None):
     if blob.count == 0:
         return
     blob.data[...] = filler(param, blob.shape, rng or get_rng())
+
+
+# ---------------------------------------------------------------------------
+# Device fills (Caffe's caffe_gpu_set / caffe_gpu_rng_*), on the current
+# device; `ptr` is a device address such as ``blob.mutable_gpu_data``.
+# The random ones are counter-based: value k of a fill is a function of
+# (seed, offset + k) only.  Without a seed, one is drawn from the
+# framework's generator, so `set_random_seed` makes them repeatable too.
+# ---------------------------------------------------------------------------
+def _seed(seed):
+    if seed is None:
+        return int(get_rng().integers(0, 2 ** 64, dtype=np.uint64))
+    return int(seed) % 2 ** 64
+
+
+def gpu_set(n, value, ptr):
+    """ptr[0:n] = value."""
+    gpu.kernel("fill_constant")(n, n, float(value), ptr)
+
+
+def gpu_rng_uniform(n, low, high, ptr, seed=None, offset=0):
+    """ptr[0:n] uniform in [low, high) (24 random bits each)."""
+    gpu.kernel("fill_uniform")(n, n, float(low), float(high), _seed(seed), int(offset), ptr)
+
+
+def gpu_rng_gaussian(n, mean, std, ptr, seed=None, offset=0):
+    """ptr[0:n] normal with `mean` and `std` (Box-Muller)."""
+    gpu.kernel("fill_gaussian")(n, n, float(mean), float(std), _seed(seed), int(offset), ptr)
+
+
+def gpu_rng_bits(n, ptr, seed=None, offset=0):
+    """ptr[0:n] random unsigned 32-bit ints (a uint32 buffer)."""
+    gpu.kernel("fill_random_bits")(n, n, _seed(seed), int(offset), ptr)

@@ -306,6 +306,7 @@ class ConvolutionLayer(Layer):
         w = self.blobs[0].gpu_data
         bias = self.blobs[1].gpu_data if self.bias_term else 0
         step = self._chunk()
+        self._dev_cols_of = None        # new input: columns kept are for backward only
         for i, (b, t) in enumerate(zip(bottom, top)):
             x, y = b.gpu_data, t.mutable_gpu_data
             if self.geom.is_pointwise():

@@ -1,7 +1,12 @@
 """Layers that move, share or combine blobs without learning anything:
-Concat, Flatten, Reshape, Split, Eltwise, Silence."""
+Concat, Flatten, Reshape, Split, Eltwise, Silence.
+
+Their device code (``*_gpu``) keeps the host code's shape logic and float
+operations; kernels in backends/gpu/kernels/copy.cu and eltwise.cu.
+"""
 import numpy as np
 
+from ..backends import gpu
 from ..blob import DTYPE
 from ..layer import Layer, canonical_axis, register
 from ..proto import caffe_pb2
@@ -35,6 +40,15 @@ class _ViewLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0] and not np.may_share_memory(top[0].diff, bottom[0].diff):
             np.copyto(bottom[0].diff, top[0].diff.reshape(bottom[0].shape))
+
+    # On the device nothing moves either.  The host checks above read
+    # `.data`/`.diff`, which would download; re-making the view costs
+    # nothing and touches neither side's memory.
+    def forward_gpu(self, bottom, top):
+        top[0].view_of(bottom[0], top[0].shape)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        pass        # the top's diff is the bottom's since forward
 
 
 @register("Flatten")
@@ -143,6 +157,36 @@ class ConcatLayer(Layer):
             if down:
                 np.copyto(b.diff, top[0].diff[index])
 
+    def _blocks(self, bottom, top):
+        """(bottom, its first element in the top, block length, top row):
+        along the concat axis, bottom b is `block`-long runs repeated every
+        `row` floats of the top (Caffe's num_concats x concat_size)."""
+        axis, shape = self.axis, top[0].shape
+        inner = int(np.prod(shape[axis + 1:]))
+        row = shape[axis] * inner
+        offset = 0
+        for b in bottom:
+            block = b.shape[axis] * inner
+            yield b, offset, block, row
+            offset += block
+
+    def forward_gpu(self, bottom, top):
+        if len(bottom) == 1:
+            return
+        y = top[0].mutable_gpu_data
+        copy = gpu.kernel("copy_blocks")
+        for b, offset, block, row in self._blocks(bottom, top):
+            copy(b.count, b.count, block, b.gpu_data, block, y + 4 * offset, row)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if len(bottom) == 1:
+            return
+        dy = top[0].gpu_diff
+        copy = gpu.kernel("copy_blocks")
+        for (b, offset, block, row), down in zip(self._blocks(bottom, top), propagate_down):
+            if down:
+                copy(b.count, b.count, block, dy + 4 * offset, row, b.mutable_gpu_diff, block)
+
 
 @register("Split")
 class SplitLayer(Layer):
@@ -174,6 +218,15 @@ class SplitLayer(Layer):
         for t in top[2:]:
             dx += t.diff
 
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        device, n = gpu.blas(), bottom[0].count
+        dx = bottom[0].mutable_gpu_diff
+        device.copy(dx, top[0].gpu_diff, 4 * n)
+        for t in top[1:]:
+            device.axpy(n, 1.0, t.gpu_diff, dx)
+
 
 @register("Eltwise")
 class EltwiseLayer(Layer):
@@ -192,6 +245,7 @@ class EltwiseLayer(Layer):
         self.coeffs = [DTYPE(c) for c in p.coeff] or [DTYPE(1)] * len(bottom)
         self.stable_prod_grad = p.stable_prod_grad
         self._shape = None
+        self._dev = gpu.Workspace()     # MAX: the argmax mask on the device
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -250,6 +304,49 @@ class EltwiseLayer(Layer):
             else:
                 np.multiply(dy, self._argmax == i, out=dx)
 
+    def forward_gpu(self, bottom, top):
+        n = top[0].count
+        y = top[0].mutable_gpu_data
+        if self.op == caffe_pb2.EltwiseParameter.PROD:
+            mul = gpu.kernel("eltwise_mul")
+            mul(n, n, bottom[0].gpu_data, bottom[1].gpu_data, y)
+            for b in bottom[2:]:
+                mul(n, n, y, b.gpu_data, y)
+        elif self.op == caffe_pb2.EltwiseParameter.SUM:
+            gpu.kernel("eltwise_scale")(n, n, bottom[0].gpu_data, float(self.coeffs[0]), y)
+            device = gpu.blas()
+            for b, c in zip(bottom[1:], self.coeffs[1:]):
+                device.axpy(n, float(c), b.gpu_data, y)
+        else:
+            mask = self._dev.get("argmax", 4 * n)
+            gpu.kernel("eltwise_max_first")(n, n, bottom[0].gpu_data, bottom[1].gpu_data, y, mask)
+            step = gpu.kernel("eltwise_max_next")
+            for i, b in enumerate(bottom[2:], 2):
+                step(n, n, b.gpu_data, i, y, mask)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        n = top[0].count
+        dy = top[0].gpu_diff
+        for i, (b, down) in enumerate(zip(bottom, propagate_down)):
+            if not down:
+                continue
+            dx = b.mutable_gpu_diff
+            if self.op == caffe_pb2.EltwiseParameter.PROD:
+                mul = gpu.kernel("eltwise_mul")
+                if self.stable_prod_grad:
+                    others = [o for j, o in enumerate(bottom) if j != i]
+                    gpu.blas().copy(dx, others[0].gpu_data, 4 * n)
+                    for o in others[1:]:
+                        mul(n, n, dx, o.gpu_data, dx)
+                else:
+                    gpu.kernel("eltwise_div")(n, n, top[0].gpu_data, b.gpu_data, dx)
+                mul(n, n, dx, dy, dx)
+            elif self.op == caffe_pb2.EltwiseParameter.SUM:
+                gpu.kernel("eltwise_scale")(n, n, dy, float(self.coeffs[i]), dx)
+            else:
+                mask = self._dev.get("argmax", 4 * n)
+                gpu.kernel("eltwise_max_backward")(n, n, dy, mask, i, dx)
+
 
 @register("Silence")
 class SilenceLayer(Layer):
@@ -268,3 +365,9 @@ class SilenceLayer(Layer):
         for b, down in zip(bottom, propagate_down):
             if down:
                 b.diff[...] = 0
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        device = gpu.blas()
+        for b, down in zip(bottom, propagate_down):
+            if down:
+                device.memset0(b.mutable_gpu_diff, 4 * b.count)

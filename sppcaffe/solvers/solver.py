@@ -57,7 +57,7 @@ def output_values(net):
     """(name, value) for every element of every output blob of `net`, in
     Caffe's order (outputs sorted by name, elements in memory order)."""
     return [(name, value) for name in net.outputs
-            for value in net.blobs[name].data.ravel().tolist()]
+            for value in net.blobs[name].cpu_data.ravel().tolist()]
 
 
 def default_snapshot_prefix(param, path):
@@ -118,7 +118,7 @@ class Solver:
         # Python code may set "stop" or "snapshot" here (e.g. from a callback);
         # it is acted on, and reset, where Caffe polls for signals.
         self.requested_action = signals.NONE
-        self.history = []
+        self.history_blobs = []            # the update rule's state (_presolve fills it)
         self._losses = []
         self._callbacks = []
         self._listeners = []
@@ -138,6 +138,13 @@ class Solver:
 
     def _presolve(self):
         raise NotImplementedError
+
+    @property
+    def history(self):
+        """The history as host arrays, what snapshots save (brought from
+        the device when it was updated there; writing them in place is
+        seen by the next update on either side)."""
+        return [blob.data for blob in self.history_blobs]
 
     def apply_update(self):
         """Update the weights from their gradients and count the iteration."""
@@ -438,7 +445,7 @@ class Solver:
             iter_loss = net.forward_from_to()
             if p.test_compute_loss:
                 loss += np.float32(iter_loss)
-            values = [net.blobs[name].data.ravel() for name in net.outputs]
+            values = [net.blobs[name].cpu_data.ravel() for name in net.outputs]
             values = np.concatenate(values) if values else np.zeros(0, np.float32)
             if totals is None:
                 totals = values.astype(np.float32)
@@ -490,7 +497,9 @@ class Solver:
         else:
             state_path = self._snapshot_filename(".solverstate")
             log.info("Snapshotting solver state to binary proto file %s", state_path)
-        state.write_state(state_path, self.iter, model, self.current_step, self.history)
+        # Read only: in GPU mode the history stays current on the device.
+        history = [blob.cpu_data for blob in self.history_blobs]
+        state.write_state(state_path, self.iter, model, self.current_step, history)
         state.write_rng_state(state_path)
         self._notify("on_snapshot", model, state_path)
         return model, state_path
@@ -500,14 +509,14 @@ class Solver:
         file it names, the iteration, the multistep position, the history
         and, when its sidecar exists, the random generator."""
         state_file = os.fspath(state_file)
-        snap = state.read_state(state_file, [h.shape for h in self.history])
+        snap = state.read_state(state_file, [h.shape for h in self.history_blobs])
         if snap.learned_net is not None:
             self.net.copy_from(state.find_learned_net(snap.learned_net, state_file))
         self.iter = snap.iter
         self.current_step = snap.current_step
         log.info("%s: restoring history", type(self).__name__)
-        for history, saved in zip(self.history, snap.history):
-            history[...] = saved
+        for blob, saved in zip(self.history_blobs, snap.history):
+            blob.data[...] = saved
         state.restore_rng_state(state_file)
 
     def __repr__(self):

@@ -7,15 +7,25 @@ decay * sign(w); decay = weight_decay * decay_mult), turn the gradient
 into the step with the rule (local_rate = rate * lr_mult), and finally
 ``data -= diff``.
 
-The buffers are Caffe's: `history` is what snapshots save (one blob per
-param; AdaDelta and Adam append a second set), `update` and `temp` are
-scratch.  All arithmetic is float32 and in place, in Caffe's order.
+The buffers are Caffe's: `history_blobs` is what snapshots save (one Blob
+per param; AdaDelta and Adam append a second set), `update` and `temp` are
+host scratch.  All arithmetic is float32 and in place, in Caffe's order.
+
+In GPU mode the whole update runs on the device (``*_gpu`` methods,
+kernels in backends/gpu/kernels/solvers.cu, one fused kernel per rule
+doing the host code's operations in its order): the params and the
+history stay there, and nothing is copied to the host but the gradient
+norm when clipping.  The history Blobs mirror themselves, so a snapshot
+reading them downloads them and a restore writing them uploads them.
 """
 import logging
 import math
 
 import numpy as np
 
+from ..backends import gpu, gpu_mode
+from ..blob import Blob
+from ..workspace import Workspace
 from .lr_policy import learning_rate
 from .solver import Solver
 
@@ -31,10 +41,19 @@ class SGDSolver(Solver):
 
     def _presolve(self):
         params = self.net.learnable_params
-        self.history = [np.zeros(p.shape, F32) for _ in range(self.history_sets)
-                        for p in params]
-        self.update = [np.zeros(p.shape, F32) for p in params]
-        self.temp = [np.zeros(p.shape, F32) for p in params]
+        # Zero on whichever side first uses them (fresh Blob memory is).
+        self.history_blobs = [Blob(p.shape, name=f"history/{k * len(params) + i}")
+                              for k in range(self.history_sets) for i, p in enumerate(params)]
+        self._scratch = Workspace()     # host only: the device kernels need none
+
+    def _host_history(self, i):
+        return self.history_blobs[i].data
+
+    def _update(self, i):
+        return self._scratch.get(f"update/{i}", self.net.learnable_params[i].shape)
+
+    def _temp(self, i):
+        return self._scratch.get(f"temp/{i}", self.net.learnable_params[i].shape)
 
     def get_learning_rate(self):
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step,
@@ -45,64 +64,109 @@ class SGDSolver(Solver):
         """Caffe's SGDSolver::ApplyUpdate; counts the iteration."""
         rate = self.get_learning_rate()
         self._announce_rate(rate)
-        self._clip_gradients()
+        on_device = gpu_mode()
+        self._clip_gradients(on_device)
         params = self.net.learnable_params
         for i in range(len(params)):
-            self._normalize(i)
-            self._regularize(i)
-            self.compute_update_value(i, rate)
-        for p in params:
-            p.data -= p.diff
+            self._normalize(i, on_device)
+            self._regularize(i, on_device)
+            if on_device:
+                self.compute_update_value_gpu(i, rate)
+            else:
+                self.compute_update_value(i, rate)
+        if on_device:
+            device = gpu.blas()
+            for p in params:
+                device.axpy(p.count, -1.0, p.gpu_diff, p.mutable_gpu_data)
+        else:
+            for p in params:
+                p.data -= p.diff
         self.iter += 1
 
-    def _clip_gradients(self):
+    def _clip_gradients(self, on_device):
         clip = F32(self.param.clip_gradients)
         if clip < 0:
             return
         params = self.net.learnable_params
         sumsq = F32(0)
-        for p in params:
-            d = p.diff.ravel()
-            sumsq += F32(np.dot(d, d))
+        if on_device:
+            # One synchronising dot per param, as Caffe's ClipGradients does.
+            device = gpu.blas()
+            for p in params:
+                ptr = p.gpu_diff
+                sumsq += F32(device.dot(p.count, ptr, ptr))
+        else:
+            for p in params:
+                d = p.diff.ravel()
+                sumsq += F32(np.dot(d, d))
         norm = F32(np.sqrt(sumsq))
         if norm > clip:
             scale = clip / norm
             log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
                      "factor %g", norm, clip, scale)
             for p in params:
-                p.diff *= scale
+                self._scale_diff(p, scale, on_device)
 
-    def _normalize(self, i):
+    @staticmethod
+    def _scale_diff(p, scale, on_device):
+        if on_device:
+            gpu.blas().scal(p.count, float(scale), p.mutable_gpu_diff)
+        else:
+            p.diff *= scale
+
+    def _normalize(self, i, on_device=False):
         """Gradients were summed over iter_size passes: make them a mean."""
         if self.param.iter_size == 1:
             return
-        self.net.learnable_params[i].diff *= F32(1) / F32(self.param.iter_size)
+        self._scale_diff(self.net.learnable_params[i], F32(1) / F32(self.param.iter_size),
+                         on_device)
 
-    def _regularize(self, i):
+    def _regularize(self, i, on_device=False):
         decay = F32(self.param.weight_decay) * F32(self.net.params_weight_decay[i])
         if not decay:
             return
-        p, scratch = self.net.learnable_params[i], self.temp[i]
+        p = self.net.learnable_params[i]
         kind = self.param.regularization_type
+        if kind not in ("L1", "L2"):
+            raise self._error(f"unknown regularization_type '{kind}' (known: L1, L2)")
+        if on_device:
+            if kind == "L2":
+                gpu.blas().axpy(p.count, float(decay), p.gpu_data, p.mutable_gpu_diff)
+            else:
+                gpu.kernel("solver_l1_decay")(p.count, p.count, p.gpu_data, float(decay),
+                                              p.mutable_gpu_diff)
+            return
+        scratch = self._temp(i)
         if kind == "L2":
             np.multiply(p.data, decay, out=scratch)
-        elif kind == "L1":
+        else:
             np.sign(p.data, out=scratch)
             scratch *= decay
-        else:
-            raise self._error(f"unknown regularization_type '{kind}' (known: L1, L2)")
         p.diff += scratch
 
     def _local_rate(self, i, rate):
         return F32(rate) * F32(self.net.params_lr[i])
 
+    def _device_args(self, i, *history_sets):
+        """(count, gradient ptr, history ptrs...) of param i for a kernel;
+        `history_sets` picks the sets (0: history[i], 1: history[N + i])."""
+        p = self.net.learnable_params[i]
+        n = len(self.net.learnable_params)
+        return (p.count, p.mutable_gpu_diff,
+                *(self.history_blobs[k * n + i].mutable_gpu_data for k in history_sets))
+
     def compute_update_value(self, i, rate):
         g = self.net.learnable_params[i].diff
-        h, scaled = self.history[i], self.update[i]
+        h, scaled = self._host_history(i), self._update(i)
         np.multiply(g, self._local_rate(i, rate), out=scaled)
         h *= F32(self.param.momentum)
         h += scaled
         g[...] = h
+
+    def compute_update_value_gpu(self, i, rate):
+        count, g, h = self._device_args(i, 0)
+        gpu.kernel("solver_sgd_update")(count, count, g, h, float(self.param.momentum),
+                                        float(self._local_rate(i, rate)))
 
 
 class NesterovSolver(SGDSolver):
@@ -112,7 +176,7 @@ class NesterovSolver(SGDSolver):
 
     def compute_update_value(self, i, rate):
         g = self.net.learnable_params[i].diff
-        h, previous, scratch = self.history[i], self.update[i], self.temp[i]
+        h, previous, scratch = self._host_history(i), self._update(i), self._temp(i)
         momentum = F32(self.param.momentum)
         previous[...] = h
         np.multiply(g, self._local_rate(i, rate), out=scratch)
@@ -122,6 +186,11 @@ class NesterovSolver(SGDSolver):
         previous *= -momentum
         previous += scratch
         g[...] = previous
+
+    def compute_update_value_gpu(self, i, rate):
+        count, g, h = self._device_args(i, 0)
+        gpu.kernel("solver_nesterov_update")(count, count, g, h, float(self.param.momentum),
+                                             float(self._local_rate(i, rate)))
 
 
 class AdaGradSolver(SGDSolver):
@@ -134,13 +203,18 @@ class AdaGradSolver(SGDSolver):
 
     def compute_update_value(self, i, rate):
         g = self.net.learnable_params[i].diff
-        h, u = self.history[i], self.update[i]
+        h, u = self._host_history(i), self._update(i)
         np.square(g, out=u)
         h += u
         np.sqrt(h, out=u)
         u += F32(self.param.delta)
         np.divide(g, u, out=u)
         np.multiply(u, self._local_rate(i, rate), out=g)
+
+    def compute_update_value_gpu(self, i, rate):
+        count, g, h = self._device_args(i, 0)
+        gpu.kernel("solver_adagrad_update")(count, count, g, h, float(self.param.delta),
+                                            float(self._local_rate(i, rate)))
 
 
 class RMSPropSolver(SGDSolver):
@@ -157,7 +231,7 @@ class RMSPropSolver(SGDSolver):
 
     def compute_update_value(self, i, rate):
         g = self.net.learnable_params[i].diff
-        h, u = self.history[i], self.update[i]
+        h, u = self._host_history(i), self._update(i)
         decay = F32(self.param.rms_decay)
         np.square(g, out=u)
         u *= F32(1) - decay
@@ -167,6 +241,12 @@ class RMSPropSolver(SGDSolver):
         u += F32(self.param.delta)
         np.divide(g, u, out=u)
         np.multiply(u, self._local_rate(i, rate), out=g)
+
+    def compute_update_value_gpu(self, i, rate):
+        count, g, h = self._device_args(i, 0)
+        gpu.kernel("solver_rmsprop_update")(count, count, g, h, float(self.param.rms_decay),
+                                            float(self.param.delta),
+                                            float(self._local_rate(i, rate)))
 
 
 class AdaDeltaSolver(SGDSolver):
@@ -179,8 +259,8 @@ class AdaDeltaSolver(SGDSolver):
     def compute_update_value(self, i, rate):
         n = len(self.net.learnable_params)
         g = self.net.learnable_params[i].diff
-        grads, steps = self.history[i], self.history[n + i]
-        u, t = self.update[i], self.temp[i]
+        grads, steps = self._host_history(i), self._host_history(n + i)
+        u, t = self._update(i), self._temp(i)
         momentum = F32(self.param.momentum)
         keep = F32(1) - momentum
         np.square(g, out=u)
@@ -199,6 +279,13 @@ class AdaDeltaSolver(SGDSolver):
         steps += u
         g *= self._local_rate(i, rate)
 
+    def compute_update_value_gpu(self, i, rate):
+        count, g, grads, steps = self._device_args(i, 0, 1)
+        gpu.kernel("solver_adadelta_update")(count, count, g, grads, steps,
+                                             float(self.param.momentum),
+                                             float(self.param.delta),
+                                             float(self._local_rate(i, rate)))
+
 
 class AdamSolver(SGDSolver):
     """Adam: m = beta1 m + (1 - beta1) g, v = beta2 v + (1 - beta2) g^2 (m in
@@ -211,11 +298,8 @@ class AdamSolver(SGDSolver):
     def compute_update_value(self, i, rate):
         n = len(self.net.learnable_params)
         g = self.net.learnable_params[i].diff
-        m, v, t = self.history[i], self.history[n + i], self.temp[i]
+        m, v, t = self._host_history(i), self._host_history(n + i), self._temp(i)
         beta1, beta2 = F32(self.param.momentum), F32(self.param.momentum2)
-        step = self.iter + 1
-        # Caffe evaluates the powers in double and stores the result as float.
-        correction = F32(math.sqrt(1.0 - float(beta2) ** step) / (1.0 - float(beta1) ** step))
         np.multiply(g, F32(1) - beta1, out=t)
         m *= beta1
         m += t
@@ -226,7 +310,22 @@ class AdamSolver(SGDSolver):
         np.sqrt(v, out=t)
         t += F32(self.param.delta)
         np.divide(m, t, out=t)
-        np.multiply(t, self._local_rate(i, rate) * correction, out=g)
+        np.multiply(t, self._step_rate(i, rate), out=g)
+
+    def _step_rate(self, i, rate):
+        """local_rate times the bias correction sqrt(1 - beta2^t) / (1 - beta1^t)."""
+        step = self.iter + 1
+        beta1, beta2 = float(F32(self.param.momentum)), float(F32(self.param.momentum2))
+        # Caffe evaluates the powers in double and stores the result as float.
+        correction = F32(math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
+        return self._local_rate(i, rate) * correction
+
+    def compute_update_value_gpu(self, i, rate):
+        count, g, m, v = self._device_args(i, 0, 1)
+        gpu.kernel("solver_adam_update")(count, count, g, m, v, float(self.param.momentum),
+                                         float(self.param.momentum2),
+                                         float(self.param.delta),
+                                         float(self._step_rate(i, rate)))
 
 
 SOLVER_TYPES = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver,
