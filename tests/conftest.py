@@ -27,6 +27,7 @@ def _gpu_devices():
 @pytest.fixture(params=_gpu_devices())
 def gpu_device(request):
     """GPU mode on one device for the test, CPU mode again after it."""
+    from gpu_check import on_device
     from sppcaffe import backends
     from sppcaffe.backends.gpu.host_device import HostDevice
     if request.param == "host":
@@ -37,10 +38,13 @@ def gpu_device(request):
             device = CudaDevice(0)
         except backends.GPUUnavailable as exc:
             pytest.skip(f"no GPU: {exc}")
-    backends.use_device(device)
-    backends.set_mode_gpu()
-    try:
+    with on_device(device):
         yield device
-    finally:
-        backends.set_mode_cpu()
-        backends.use_device(None)
+
+
+@pytest.fixture
+def counting_device():
+    """GPU mode on the host build, counting its uploads and downloads."""
+    from gpu_check import CountingDevice, on_device
+    with on_device(CountingDevice()) as device:
+        yield device

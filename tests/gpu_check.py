@@ -5,9 +5,41 @@ same random inputs; top data, bottom diffs and param diffs must agree.
 Blobs mirror themselves, so reading ``.data`` after the device pass
 downloads exactly what the kernels wrote.
 """
+import contextlib
+
 import numpy as np
 
 from sppcaffe import backends
+from sppcaffe.backends.gpu.host_device import HostDevice
+
+
+class CountingDevice(HostDevice):
+    """The host build, counting copies between host and "device": tests
+    of the memory-mirroring promise (no copy while a net runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.uploads = self.downloads = 0
+
+    def upload(self, ptr, array):
+        self.uploads += 1
+        super().upload(ptr, array)
+
+    def download(self, ptr, array):
+        self.downloads += 1
+        super().download(ptr, array)
+
+
+@contextlib.contextmanager
+def on_device(device):
+    """GPU mode on `device` inside the block, CPU mode again after it."""
+    backends.use_device(device)
+    backends.set_mode_gpu()
+    try:
+        yield device
+    finally:
+        backends.set_mode_cpu()
+        backends.use_device(None)
 
 
 def _randomize(blobs, rng, low=-1.0, high=1.0):

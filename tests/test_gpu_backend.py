@@ -15,7 +15,7 @@ from sppcaffe.blob import Blob
 from sppcaffe.layers.activations import ReLULayer
 from sppcaffe.proto import caffe_pb2
 
-from gpu_check import compare_cpu_gpu
+from gpu_check import CountingDevice, compare_cpu_gpu
 
 
 # ---- kernel sources -------------------------------------------------------
@@ -121,20 +121,6 @@ def test_host_blas_level1_and_gemv(host):
 
 
 # ---- mirrored memory -----------------------------------------------------------
-class CountingDevice(HostDevice):
-    def __init__(self):
-        super().__init__()
-        self.uploads = self.downloads = 0
-
-    def upload(self, ptr, array):
-        self.uploads += 1
-        super().upload(ptr, array)
-
-    def download(self, ptr, array):
-        self.downloads += 1
-        super().download(ptr, array)
-
-
 def test_synced_memory_copies_only_when_the_other_side_is_asked_for():
     device = CountingDevice()
     mem = SyncedMemory(4)

@@ -5,8 +5,6 @@ import pytest
 
 from gpu_check import compare_cpu_gpu
 from gradient_check import layer_param
-from sppcaffe import backends
-from sppcaffe.backends.gpu.host_device import HostDevice
 from sppcaffe.blob import Blob
 from sppcaffe.layer import create_layer
 from sppcaffe.proto import caffe_pb2
@@ -120,40 +118,23 @@ def test_softmax_loss_cannot_backpropagate_to_labels(gpu_device):
         layer.backward_gpu(top, [True, True], bottom)
 
 
-class DownloadCountingDevice(HostDevice):
-    def __init__(self):
-        super().__init__()
-        self.downloads = 0
-
-    def download(self, ptr, array):
-        self.downloads += 1
-        super().download(ptr, array)
-
-
 @pytest.mark.parametrize("layer_text, bottoms, propagate_down", [
     ('type: "SoftmaxWithLoss" loss_param { ignore_label: 1 }', "labels", [True, False]),
     ('type: "EuclideanLoss"', "pairs", [True, True]),
     ('type: "Accuracy" accuracy_param { top_k: 2 }', "labels", None),
 ])
-def test_losses_never_wait_for_the_host(layer_text, bottoms, propagate_down):
+def test_losses_never_wait_for_the_host(counting_device, layer_text, bottoms, propagate_down):
     """Forward and backward leave every value on the device: the loss is
     summed there and the loss weight read from the top's device diff."""
-    device = DownloadCountingDevice()
-    backends.use_device(device)
-    backends.set_mode_gpu()
-    try:
-        layer = make_layer(layer_text)
-        bottom = predictions_and_labels((4, 3), 1) if bottoms == "labels" else [Blob((4, 3)), Blob((4, 3))]
-        top = [Blob()]
-        layer.setup(bottom, top)
-        layer.forward_gpu(bottom, top)
-        if propagate_down is not None:
-            top[0].diff[...] = 1
-            layer.backward_gpu(top, propagate_down, bottom)
-        assert device.downloads == 0
-    finally:
-        backends.set_mode_cpu()
-        backends.use_device(None)
+    layer = make_layer(layer_text)
+    bottom = predictions_and_labels((4, 3), 1) if bottoms == "labels" else [Blob((4, 3)), Blob((4, 3))]
+    top = [Blob()]
+    layer.setup(bottom, top)
+    layer.forward_gpu(bottom, top)
+    if propagate_down is not None:
+        top[0].diff[...] = 1
+        layer.backward_gpu(top, propagate_down, bottom)
+    assert counting_device.downloads == 0
 
 
 # ---- EuclideanLoss ---------------------------------------------------------------

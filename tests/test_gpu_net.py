@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import sppcaffe
-from sppcaffe import LAYER_TYPES, backends
-from sppcaffe.backends.gpu.host_device import HostDevice
+from sppcaffe import LAYER_TYPES
 from sppcaffe.layer import Layer
 
 from golden_util import case_path
@@ -31,38 +30,18 @@ def test_every_compute_layer_has_device_code(type_name):
         assert cls.backward_gpu is not Layer.backward_gpu, f"{type_name} has no backward_gpu"
 
 
-class CountingDevice(HostDevice):
-    def __init__(self):
-        super().__init__()
-        self.uploads = self.downloads = 0
-
-    def upload(self, ptr, array):
-        self.uploads += 1
-        super().upload(ptr, array)
-
-    def download(self, ptr, array):
-        self.downloads += 1
-        super().download(ptr, array)
-
-
-def test_a_training_pass_copies_only_the_loss():
-    device = CountingDevice()
-    backends.use_device(device)
-    backends.set_mode_gpu()
-    try:
-        net = sppcaffe.Net(case_path("zf5_spp_small", "net.prototxt"), sppcaffe.TRAIN)
-        rng = np.random.default_rng(0)
-        net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
-        net.blobs["label"].data[...] = rng.integers(0, 5, net.blobs["label"].shape)
-        net.forward_backward()                  # first pass: inputs and params go up
-        device.uploads = device.downloads = 0
-        loss = net.forward_backward()
-        losses = len(net._loss_tops)
-        # The loss value is read on the host (as Caffe's Forward does) and its
-        # diff, the loss weight, is set there: one copy each way per loss top.
-        assert device.downloads <= losses and device.uploads <= losses, \
-            (device.downloads, device.uploads)
-        assert np.isfinite(loss)
-    finally:
-        backends.set_mode_cpu()
-        backends.use_device(None)
+def test_a_training_pass_copies_only_the_loss(counting_device):
+    device = counting_device
+    net = sppcaffe.Net(case_path("zf5_spp_small", "net.prototxt"), sppcaffe.TRAIN)
+    rng = np.random.default_rng(0)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = rng.integers(0, 5, net.blobs["label"].shape)
+    net.forward_backward()                  # first pass: inputs and params go up
+    device.uploads = device.downloads = 0
+    loss = net.forward_backward()
+    losses = len(net._loss_tops)
+    # The loss value is read on the host (as Caffe's Forward does) and its
+    # diff, the loss weight, is set there: one copy each way per loss top.
+    assert device.downloads <= losses and device.uploads <= losses, \
+        (device.downloads, device.uploads)
+    assert np.isfinite(loss)

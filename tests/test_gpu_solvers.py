@@ -9,7 +9,6 @@ import pytest
 
 from sppcaffe import backends
 from sppcaffe.solvers import get_solver
-from test_gpu_structure import counting_device  # noqa: F401 (a fixture)
 from test_solvers import golden_solver, golden_steps, make_param, run_golden
 
 NET = """

@@ -10,7 +10,6 @@ from sppcaffe import backends
 from sppcaffe.blob import Blob
 from sppcaffe.layer import create_layer
 from sppcaffe.proto import caffe_pb2
-from test_gpu_backend import CountingDevice
 
 
 def make_layer(text):
@@ -122,19 +121,6 @@ VIEWS = ['type: "Flatten"', 'type: "Flatten" flatten_param { axis: 2 }',
 @pytest.mark.parametrize("kind", VIEWS)
 def test_views_match_host(gpu_device, kind):
     compare_cpu_gpu(make_layer(kind), blobs((2, 3, 2, 2)), [Blob()])
-
-
-@pytest.fixture
-def counting_device():
-    """GPU mode on a host device that counts its uploads and downloads."""
-    device = CountingDevice()
-    backends.use_device(device)
-    backends.set_mode_gpu()
-    try:
-        yield device
-    finally:
-        backends.set_mode_cpu()
-        backends.use_device(None)
 
 
 @pytest.mark.parametrize("kind", VIEWS)
