@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from sppcaffe.cli import detection_demo, test_detection, train_svms
+from sppcaffe.cli import detection_demo, test_detection, test_net, train_svms
 from sppcaffe.detection.bbox_regression import BBoxRegressor
 from sppcaffe.detection.svm import SVMModel
 
@@ -97,6 +97,76 @@ def test_tools_report_bad_settings(small_demo, tmp_path, capsys):
     status = test_detection.main(["--cache", str(tmp_path / "nothing"),
                                   "--svms", str(workdir / "svms_pool5.npz")])
     assert status == 1 and "not a feature cache" in capsys.readouterr().err
+
+
+SHIPPED_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "detection_voc2007.yml")
+
+
+def test_net_detection_mode_runs_test_detection(small_demo, tmp_path, capsys):
+    """tools/test_net --detection CONFIG takes test_detection's options and
+    prints and writes exactly what test_detection does."""
+    workdir, _ = small_demo
+    common = ["--cache", str(workdir / "cache" / "test"), "--svms",
+              str(workdir / "svms_ftfc7.npz"), "--bbox-reg", str(workdir / "bbox_reg.npz")]
+    capsys.readouterr()
+    assert test_detection.main(common + ["--config", SHIPPED_CONFIG,
+                                         "--results", str(tmp_path / "direct.json")]) == 0
+    direct = capsys.readouterr().out
+    assert test_net.main(["--detection", SHIPPED_CONFIG] + common +
+                         ["--results", str(tmp_path / "via_test_net.json")]) == 0
+    assert capsys.readouterr().out == direct
+    assert "mAP (VOC07 11-point AP, VOC2007 devkit) over 4 images: svm bb" in direct
+    results = [json.loads((tmp_path / f"{name}.json").read_text())
+               for name in ("direct", "via_test_net")]
+    for r in results:
+        r.pop("seconds_per_image")
+    assert results[0] == results[1]
+    # --detection=FILE and anywhere on the line; errors under test_net's name.
+    assert test_net.main(common + [f"--detection={SHIPPED_CONFIG}", "--year", "2010"]) == 0
+    assert "VOC2010+ area AP" in capsys.readouterr().out
+    assert test_net.main(["--detection", SHIPPED_CONFIG, "--cache", str(tmp_path),
+                          "--svms", str(workdir / "svms_ftfc7.npz")]) == 1
+    assert capsys.readouterr().err.startswith("test_net: error:")
+    assert test_net.main(["--detection", "--cache", str(tmp_path)]) == 2
+    assert "--detection needs the detection settings file" in capsys.readouterr().err
+    assert test_net.main(["--detection", SHIPPED_CONFIG, "--config", SHIPPED_CONFIG]) == 2
+
+
+def test_net_help_shows_detection_mode(capsys):
+    with pytest.raises(SystemExit) as info:
+        test_net.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--detection CONFIG.yml" in out and "test_net --detection configs/" in out
+    with pytest.raises(SystemExit):
+        test_net.main(["--detection", SHIPPED_CONFIG, "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: test_net --detection CONFIG") and "--svms" in out
+    assert "--config" not in out        # the file is --detection's value
+
+
+def test_svd_of_fc_layers_at_test_time(small_demo, tmp_path, capsys):
+    """test.svd_fc6_rank / svd_fc7_rank: at full rank (the demo's fc6 and fc7
+    are 512 wide) the factorized net scores as the exact one; at rank 8 it
+    still detects, differently."""
+    workdir, _ = small_demo
+    common = ["--cache", str(workdir / "cache" / "test"), "--svms",
+              str(workdir / "svms_ftfc7.npz")]
+    maps = {}
+    for label, ranks in (("exact", []), ("full", [512, 512]), ("low", [8, 8])):
+        settings = [f"--set=test.svd_fc{layer}_rank={rank}" for layer, rank in zip((6, 7), ranks)]
+        out = tmp_path / f"{label}.json"
+        assert test_detection.main(common + settings + ["--results", str(out)]) == 0
+        results = json.loads(out.read_text())
+        name = "svm svd" if ranks else "svm"
+        assert set(results) == {name, "seconds_per_image"}
+        maps[label] = results[name]["voc07"]["mAP"]
+    assert maps["full"] == pytest.approx(maps["exact"], abs=1e-6)
+    assert maps["low"] != pytest.approx(maps["exact"], abs=1e-6)
+    capsys.readouterr()
+    assert test_detection.main(common + ["--set", "test.svd_fc6_rank=600"]) == 1
+    assert "layer 'fc6': rank must lie in 1..512" in capsys.readouterr().err
 
 
 @pytest.mark.slow

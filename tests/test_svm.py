@@ -192,6 +192,11 @@ def test_greedy_in_order_by_hand():
     steps = np.array([[3 * i, 0, 3 * i + 99, 99] for i in range(40)], np.float64)[::-1]
     kept = greedy_in_order(pairwise_iou(steps, steps) > 0.7)
     np.testing.assert_array_equal(np.flatnonzero(kept), nms(steps, np.zeros(40), 0.7))
+    rng = np.random.default_rng(0)
+    corners = rng.integers(0, 60, (300, 2))
+    boxes = np.concatenate([corners, corners + rng.integers(20, 40, (300, 2))], axis=1)
+    kept = greedy_in_order(pairwise_iou(boxes, boxes) > 0.5)
+    np.testing.assert_array_equal(np.flatnonzero(kept), nms(boxes, np.zeros(300), 0.5))
     assert greedy_in_order(np.zeros((0, 0), bool)).shape == (0,)
 
 

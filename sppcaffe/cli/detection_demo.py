@@ -28,7 +28,9 @@ Steps (each folder is kept in the work directory and reused by a rerun):
 6. test: every proposal of every test image scored, box regression, NMS
    0.3, VOC AP (11-point and area, difficult objects ignored), against
    uniformly random scores on the same windows; pictures/ with the
-   detections of a few test images.
+   detections of a few test images.  With --set test.svd_fc6_rank=K
+   (and/or svd_fc7_rank) the fine-tuned fc7 SVMs are also tested on fc6/fc7
+   factorized by truncated SVD ("ftfc7 svd" runs): the mAP it costs.
 7. R-CNN mode on --rcnn-images test images: the same trunk run on every
    window warped to --rcnn-crop pixels, scored by the same SVMs; the time
    per image of both modes.
@@ -231,11 +233,12 @@ def finetune_fc(workdir, train, config):
 
 def test_runs(test, models, regressor, config, annotations):
     """Per run: {metric: Evaluation}, the detections per image and per class,
-    and the seconds per image."""
+    and the seconds per image.  `models`: {run name: (SVMModel, its
+    FeatureTransform)}."""
     sizes = detect.image_sizes(annotations)
     evaluations, detections, by_class_runs, seconds = {}, {}, {}, {}
-    for name, model in models.items():
-        scorer = detect.SVMScorer(model, model.transform())
+    for name, (model, transform) in models.items():
+        scorer = detect.SVMScorer(model, transform)
         for suffix, reg in (("", None), (" bb", regressor)):
             by_class, per_image, spent = detect.detect_all(
                 test.load, test.image_ids, test.classes, scorer, config.test, reg, sizes)
@@ -327,9 +330,12 @@ def run(args):
     regressor.save(os.path.join(workdir, "bbox_reg.npz"))
 
     annotations = {i: testset.annotation(i) for i in test.image_ids}
+    runs = {"pool5": (pool5, pool5.transform()), "ftfc7": (ftfc7, ftfc7.transform())}
+    if config.test.svd_ranks:
+        # The same SVMs on fc6/fc7 factorized by truncated SVD (test-time only).
+        runs["ftfc7 svd"] = (ftfc7, ftfc7.transform(svd_ranks=config.test.svd_ranks))
     evaluations, detections, by_class, seconds = stages.run(
-        "8. detection on the test images", test_runs, test, {"pool5": pool5, "ftfc7": ftfc7},
-        regressor, config, annotations)
+        "8. detection on the test images", test_runs, test, runs, regressor, config, annotations)
     print()
     print(detect.ap_table(evaluations))
     pictures = os.path.join(workdir, "pictures")

@@ -6,14 +6,16 @@ Pascal VOC devkit does.
         [--year 2007|2010] [--random-baseline]
 
 Every proposal of every cached image is scored by the SVMs (ground-truth
-rows skipped), optionally moved by the box regressors, suppressed per class
-by NMS (IoU > 0.3 with a better box; equal scores: the lower window index
-wins), and the detections are evaluated against the dataset's annotations
-(the cache's meta.json names the dataset folder) with difficult objects
-ignored.  Prints the per-class AP table with VOC2007's 11-point AP and
-VOC2010+'s area AP; --year chooses which one the last line reports.  A
-cache made in R-CNN mode (tools/extract_features rcnn) is tested the same
-way, with the same SVMs.
+rows skipped; fc6/fc7 factorized by truncated SVD when the config's
+test.svd_fc6_rank / svd_fc7_rank say so), optionally moved by the box
+regressors, suppressed per class by NMS (IoU > 0.3 with a better box;
+equal scores: the lower window index wins), and the detections are
+evaluated against the dataset's annotations (the cache's meta.json names
+the dataset folder) with difficult objects ignored.  Prints the per-class
+AP table with VOC2007's 11-point AP and VOC2010+'s area AP; --year chooses
+which one the last line reports.  A cache made in R-CNN mode
+(tools/extract_features rcnn) is tested the same way, with the same SVMs.
+`tools/test_net --detection CONFIG ...` runs this tool.
 """
 import argparse
 import json
@@ -96,13 +98,21 @@ def run(args):
     regressor = BBoxRegressor.load(args.bbox_reg) if args.bbox_reg else None
     dataset = dataset_for(data, args, model.classes)
     annotations = {i: dataset.annotation(i) for i in data.image_ids}
-    transform = model.transform(config.features.batch_size, args.fc_net, args.fc_weights)
+    ranks = config.test.svd_ranks
+    if ranks and model.feature_layer == "pool5":
+        log.warning("the SVMs of %s read pool5: no fc layer to factorize (test.svd_* ignored)",
+                    args.svms)
+        ranks = {}
+    elif ranks:
+        log.info("fc layers by truncated SVD: %s",
+                 ", ".join(f"{name} rank {rank}" for name, rank in ranks.items()))
+    transform = model.transform(config.features.batch_size, args.fc_net, args.fc_weights, ranks)
     scorer = detect.SVMScorer(model, transform)
     runs = {}
     detections, per_image, seconds = detect.detect_all(
         data.load, data.image_ids, model.classes, scorer, config.test, regressor,
         detect.image_sizes(annotations))
-    name = "svm" + (" bb" if regressor else "")
+    name = "svm" + (" svd" if ranks else "") + (" bb" if regressor else "")
     runs[name] = detect.evaluate_both(detections, annotations, model.classes)
     log.info("%d images, %.3f s per image (scoring, regression, NMS)", len(data.image_ids),
              seconds)

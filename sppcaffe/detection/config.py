@@ -172,12 +172,27 @@ class DetectConfig:
     # picture_precision (0: no such limit), at most picture_max per image.
     picture_precision: float = 0.5
     picture_max: int = 10
+    # Truncated SVD of the fc net at test time (Fast R-CNN Sec. 3.1): fc6
+    # and fc7 replaced by rank-k factorizations (sppcaffe.detection.svd),
+    # fewer multiply-adds per window, SVMs trained on the exact layers.
+    # null: the exact layer.  Used when the SVMs read fc6/fc7.
+    svd_fc6_rank: Optional[int] = None
+    svd_fc7_rank: Optional[int] = None
 
     def check(self, where):
         _fraction(where, "nms", self.nms)
         _positive(where, "max_per_image", self.max_per_image)
         _fraction(where, "picture_precision", self.picture_precision)
         _positive(where, "picture_max", self.picture_max)
+        for name in ("svd_fc6_rank", "svd_fc7_rank"):
+            if getattr(self, name) is not None:
+                _positive(where, name, getattr(self, name))
+
+    @property
+    def svd_ranks(self):
+        """{layer: rank} of the layers to factorize (empty: none)."""
+        ranks = {"fc6": self.svd_fc6_rank, "fc7": self.svd_fc7_rank}
+        return {name: rank for name, rank in ranks.items() if rank is not None}
 
 
 SECTIONS = {"features": FeatureConfig, "svm": SVMConfig, "finetune": FinetuneConfig,

@@ -44,6 +44,7 @@ from .. import io
 from ..io.atomic import atomic_write
 from ..net import TEST, Net
 from ..proto import caffe_pb2
+from . import svd
 from .boxes import greedy_in_order, pairwise_iou
 from .config import FEATURE_LAYERS, FeatureConfig, SVMConfig
 from .features import producing_layer
@@ -80,12 +81,18 @@ class FeatureTransform:
         self.batch_size = int(batch_size)
 
     @classmethod
-    def from_files(cls, layer, net_path=None, weights=None, scale=1.0, batch_size=1024):
+    def from_files(cls, layer, net_path=None, weights=None, scale=1.0, batch_size=1024,
+                   svd_ranks=None):
+        """The transform of a net prototxt and its weights; `svd_ranks`
+        ({"fc6": k, ...}) replaces those layers by truncated SVDs
+        (sppcaffe.detection.svd).  pool5 needs no net (and has nothing to
+        factorize)."""
         net = None
         if layer != "pool5":
             if net_path is None:
                 raise ValueError(f"feature layer '{layer}' needs the fc net prototxt")
-            net = Net(net_path, TEST, weights=weights)
+            net = svd.compressed_net(net_path, Net(net_path, TEST, weights=weights),
+                                     svd_ranks or {})
         return cls(layer, net, scale, batch_size)
 
     @property
@@ -110,17 +117,20 @@ class FeatureTransform:
             raise ValueError(f"the fc net {self.net.source} takes {expected} features per window, "
                              f"the cache has {pooled.shape[1]}")
         blob_in, blob_out = self.net.blobs[FC_INPUT], self.net.blobs[self.layer]
-        parts = []
+        out = None
         for start in range(0, len(pooled), self.batch_size):
             chunk = pooled[start:start + self.batch_size]
             if blob_in.shape != chunk.shape:
                 blob_in.reshape(chunk.shape)
             blob_in.data[...] = chunk
             self.net.forward_from_to(0, self._end)
-            parts.append(blob_out.data.reshape(len(chunk), -1).copy())
-        if not parts:
+            rows = blob_out.data.reshape(len(chunk), -1)
+            if out is None:
+                out = np.empty((len(pooled), rows.shape[1]), np.float32)
+            out[start:start + len(chunk)] = rows
+        if out is None:
             return np.zeros((0, int(np.prod(blob_out.shape[1:]))), np.float32)
-        return np.concatenate(parts)
+        return out
 
     def __call__(self, pooled):
         out = self.raw(pooled)
@@ -282,12 +292,13 @@ class SVMModel:
         """(R, K) scores of already transformed (scaled) features."""
         return np.asarray(features, np.float32) @ self.W + self.b
 
-    def transform(self, batch_size=1024, fc_net=None, fc_weights=None):
+    def transform(self, batch_size=1024, fc_net=None, fc_weights=None, svd_ranks=None):
         """The FeatureTransform these SVMs were trained on (fc net paths
-        overridable, e.g. when the files moved)."""
+        overridable, e.g. when the files moved; fc layers optionally
+        factorized by truncated SVD, `svd_ranks` {"fc6": k, ...})."""
         return FeatureTransform.from_files(self.feature_layer, fc_net or self.fc_net,
                                            fc_weights or self.fc_weights, self.feature_scale,
-                                           batch_size)
+                                           batch_size, svd_ranks)
 
     def save(self, path):
         """A .npz (temporary name + rename)."""
