@@ -129,6 +129,27 @@ def test_overlapping_windows_add_their_gradients():
     np.testing.assert_array_equal(dx[0, 0], expected)
 
 
+@pytest.mark.parametrize("settings", ["pool: MAX kernel_size: 3 stride: 2",
+                                      "pool: MAX kernel_size: 2 stride: 1 pad: 1",
+                                      "pool: MAX global_pooling: true"])
+def test_test_phase_finds_winners_only_when_backward_runs(settings):
+    """A TEST net skips the argmax in forward (detection's conv5 at 688:
+    pool1 three times faster) and recovers it if backward does run."""
+    x = np.round(distinct((2, 3, 7, 8)) * 4) / 4        # ties included
+    train_layer, train_bottom, train_top = run(settings, x)
+    test_layer = create_layer(layer_param(f'name: "pool" type: "Pooling" pooling_param {{ {settings} }}'),
+                              caffe_pb2.TEST)
+    bottom, top = [Blob(x.shape)], [Blob()]
+    bottom[0].data[...] = x
+    test_layer.setup(bottom, top)
+    test_layer.forward(bottom, top)
+    assert not test_layer._argmax_of_forward
+    np.testing.assert_array_equal(top[0].data, train_top[0].data)
+    dy = np.random.default_rng(0).standard_normal(top[0].shape).astype(np.float32)
+    np.testing.assert_array_equal(backward(test_layer, bottom, top, dy),
+                                  backward(train_layer, train_bottom, train_top, dy))
+
+
 def test_backward_reads_the_mask_top():
     layer, bottom, top = run("pool: MAX kernel_size: 2 stride: 2", grid(2, 2), tops=2)
     top[1].data[...] = 0                 # as in Caffe, the mask decides the route

@@ -108,13 +108,28 @@ def _single_window(x, kernel, pad):
                      w0:min(x.shape[3], kernel[1] - pad[1])]
 
 
-def max_pool_forward(x, kernel, stride, pad, out_shape, out=None, argmax=None, ws=None):
+def max_pool_forward(x, kernel, stride, pad, out_shape, out=None, argmax=None, ws=None,
+                     with_argmax=True):
     """Caffe MAX pooling.  Returns (y, argmax): argmax[n, c, ph, pw] is the plane
-    index h*W + w of the first maximum of the window (int32).  `ws`: a
-    Workspace to reuse between calls."""
+    index h*W + w of the first maximum of the window (int32); None when
+    `with_argmax` is False (a third of the work: tracking the winner costs
+    three passes per window offset, the maximum one).  `ws`: a Workspace to
+    reuse between calls."""
     n, c, _, width = x.shape
     shape = (n, c) + tuple(out_shape)
     y = np.empty(shape, x.dtype) if out is None else out
+    if not with_argmax:
+        if tuple(out_shape) == (1, 1):
+            win = _single_window(x, kernel, pad)[2]
+            np.max(win.reshape(n, c, -1), axis=2, out=y.reshape(n, c))
+            return y, None
+        phases = _split_phases(x, kernel, stride, pad, out_shape, -np.inf, ws or Workspace())
+        for number, (_, phase, window) in enumerate(_offsets(kernel, stride, out_shape)):
+            if number == 0:
+                np.copyto(y, phases[phase][window])
+            else:
+                np.maximum(y, phases[phase][window], out=y)
+        return y, None
     arg = np.empty(shape, np.int32) if argmax is None else argmax
     if tuple(out_shape) == (1, 1):
         # One window (global pooling): a plain reduction instead of one pass
@@ -316,6 +331,7 @@ class PoolingLayer(MapPoolingLayer):
     max_num_top = 2        # MAX may output Caffe's argmax mask as a second top
 
     def layer_setup(self, bottom, top):
+        self._argmax_of_forward = False
         p = self.param.pooling_param
         if p.pool == _P.STOCHASTIC:
             raise self.error("STOCHASTIC pooling is not implemented (use MAX or AVE)")
@@ -369,7 +385,10 @@ class PoolingLayer(MapPoolingLayer):
         x = bottom[0].data
         geometry = (self.window, self.stride, self.pad, self.out_shape)
         if self.is_max:
-            max_pool_forward(x, *geometry, out=top[0].data, argmax=self._argmax, ws=self._ws)
+            # A TEST net rarely runs backward: find the winners only if it does.
+            self._argmax_of_forward = self.phase != caffe_pb2.TEST or len(top) > 1
+            max_pool_forward(x, *geometry, out=top[0].data, argmax=self._argmax, ws=self._ws,
+                             with_argmax=self._argmax_of_forward)
             if len(top) > 1:
                 top[1].data[...] = self._argmax
         else:
@@ -381,6 +400,11 @@ class PoolingLayer(MapPoolingLayer):
         dx = bottom[0].diff
         dx[...] = 0
         if self.is_max:
+            if not self._argmax_of_forward:     # the input is unchanged since forward
+                max_pool_forward(bottom[0].data, self.window, self.stride, self.pad,
+                                 self.out_shape, out=self._ws.get("recomputed", self._top_shape),
+                                 argmax=self._argmax, ws=self._ws)
+                self._argmax_of_forward = True
             # Caffe routes through the mask top when there is one.
             argmax = top[1].data.astype(np.int32) if len(top) > 1 else self._argmax
             max_pool_backward(top[0].diff, argmax, dx)
