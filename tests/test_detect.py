@@ -157,3 +157,15 @@ def test_pictures_written(tmp_path):
     assert sorted(p.split("/")[-1] for p in paths) == ["a.png", "b.png"]
     again = cv2.imread(str(tmp_path / "pictures" / "a.png"))
     np.testing.assert_array_equal(again, drawn)
+
+
+def test_pool5_transform_leaves_the_callers_rows_alone():
+    """pool5 features are scaled into a new array: cached entries kept in
+    memory are read again by later steps (training, regression)."""
+    rows = np.arange(6, dtype=np.float32).reshape(3, 2)
+    kept = rows.copy()
+    scaled = FeatureTransform("pool5", scale=0.5)(rows)
+    np.testing.assert_array_equal(scaled, 0.5 * kept)
+    np.testing.assert_array_equal(rows, kept)
+    with pytest.raises(ValueError, match="no fc layers to run"):
+        next(FeatureTransform("pool5").outputs(rows))

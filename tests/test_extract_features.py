@@ -108,13 +108,13 @@ layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["ip", "{db}", "1", "lmdb", "GPU"], "GPU backend not available in this build"),
     (["ip", "{db}", "1", "leveldb"], "leveldb backend is not supported"),
     (["ip", "{db}", "1", "sqlite"], "unknown database type 'sqlite'"),
     (["ip,conv", "{db}", "1", "lmdb"], r"number of blob names \(2\) and dataset names \(1\)"),
     (["nope", "{db}", "1", "lmdb"], "Unknown feature blob name nope in the network"),
     (["ip", "{db}", "ten", "lmdb"], "NUM_BATCHES must be a whole number"),
     (["ip", "{db}", "1", "lmdb", "TPU"], "unknown mode 'TPU'"),
+    # GPU: tests/test_gpu_detection.py (on the host build, and without PyCUDA)
 ])
 def test_caffe_form_errors(tmp_path, capsys, args, message):
     proto, weights, _ = saved_net(tmp_path, DUMMY_NET, "dummy")

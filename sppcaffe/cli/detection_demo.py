@@ -35,6 +35,9 @@ Steps (each folder is kept in the work directory and reused by a rerun):
    window warped to --rcnn-crop pixels, scored by the same SVMs; the time
    per image of both modes.
 
+With --gpu ID every net (trunk, fine-tuning, fc layers) runs on that GPU;
+selective search, the SVMs and box regression stay on the CPU.
+
 The numbers are written to results.json.
 """
 import argparse
@@ -47,11 +50,12 @@ import time
 
 import numpy as np
 
-from .. import Net, TEST, set_random_seed
+from .. import Net, TEST, backends, set_random_seed
 from ..detection import (bbox_regression, cache, detect, features, finetune, proposals, svm,
                          synthetic, voc)
 from ..detection.config import load_config
 from ..io.atomic import atomic_write
+from . import add_gpu_argument, select_device
 from .progress import run_main
 from .train_svms import CachedSet
 
@@ -101,6 +105,7 @@ def build_parser():
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one detection setting (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="log every training step")
+    add_gpu_argument(parser)
     return parser
 
 
@@ -269,9 +274,11 @@ def rcnn_mode(test, dataset, spp_extractor, model, regressor, config, annotation
         entry = test.load(image_id)
         for mode, extractor in (("spp", spp_extractor), ("rcnn", rcnn)):
             started = time.perf_counter()
-            feat = extractor(image, entry["boxes"]).feat
+            result = extractor(image, entry["boxes"])
+            features.synchronize()
             timings[mode].append(time.perf_counter() - started)
-            entries[mode][image_id] = dict(entry, feat=feat)
+            # Scored from where the features are (the device in GPU mode).
+            entries[mode][image_id] = dict(entry, feat=result)
     chosen = {i: annotations[i] for i in ids}
     sizes = detect.image_sizes(chosen)
     scorer = detect.SVMScorer(model, model.transform())
@@ -287,6 +294,16 @@ def rcnn_mode(test, dataset, spp_extractor, model, regressor, config, annotation
 # ---- the walkthrough ------------------------------------------------------------------------
 
 def run(args):
+    """The --gpu device (if any) for the walkthrough, and CPU mode again
+    after it, so that a caller in the same process finds the mode as it was."""
+    try:
+        select_device(args.gpu)
+        return walkthrough(args)
+    finally:
+        backends.set_mode_cpu()
+
+
+def walkthrough(args):
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     config = load_config(args.config, args.set)

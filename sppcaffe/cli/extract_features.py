@@ -3,14 +3,15 @@ per-image window features for detection.
 
 Caffe's form (BVLC tools/extract_features.cpp), same positional arguments:
 
-    extract_features WEIGHTS NET BLOB[,BLOB...] DB[,DB...] NUM_BATCHES lmdb [CPU]
+    extract_features WEIGHTS NET BLOB[,BLOB...] DB[,DB...] NUM_BATCHES lmdb [CPU|GPU] [DEVICE_ID]
 
 builds NET in the TEST phase with WEIGHTS, runs NUM_BATCHES forward passes
-over its data layers, and writes one LMDB per blob: a Datum per item of
-the batch (channels/height/width: the blob's legacy C, H, W; the values
-in float_data), keyed by a zero-padded running index (`%010d`), committed
-every 1000 records.  Each database is written under a temporary name and
-renamed when complete.  GPU and leveldb are refused with a message.
+over its data layers (on GPU DEVICE_ID, default 0, with GPU), and writes
+one LMDB per blob: a Datum per item of the batch (channels/height/width:
+the blob's legacy C, H, W; the values in float_data), keyed by a
+zero-padded running index (`%010d`), committed every 1000 records.  Each
+database is written under a temporary name and renamed when complete.
+leveldb is refused with a message.
 
 Detection forms (subcommands), one cache file per image (see
 sppcaffe/detection/cache.py for the format):
@@ -24,7 +25,9 @@ whole net on it (for comparison).  Proposals are read from --mat (R-CNN's
 selective_search_data) or --proposals DIR, where selective search results
 are computed and kept for images without them.  Both resume: images whose
 cache file is complete are skipped, and every file is written under a
-temporary name, so a killed run leaves no partial file.
+temporary name, so a killed run leaves no partial file.  With `--gpu ID`
+both run on that GPU: conv maps, pooling and the features stay on the
+device until an image's features are written.
 """
 import argparse
 import contextlib
@@ -35,6 +38,7 @@ import sys
 
 import numpy as np
 
+from .. import backends
 from ..data.db import LMDBWriter, TRANSACTION_SIZE
 from ..data.errors import DataError
 from ..detection import features, mapping, proposals, voc, window_pool
@@ -42,20 +46,21 @@ from ..layer import LayerError
 from ..net import TEST, Net
 from ..proto import caffe_pb2
 from .progress import configure_logging
-from . import CliError
+from . import CliError, add_gpu_argument, select_device
 
 PROG = "extract_features"
-GPU_UNAVAILABLE = "GPU backend not available in this build; use CPU"
 LEVELDB_UNAVAILABLE = ("the leveldb backend is not supported (no maintained LevelDB binding "
                        "for Python among sppcaffe's dependencies); use lmdb")
 CAFFE_USAGE = (
-    f"usage: {PROG} WEIGHTS NET BLOB[,BLOB...] DB[,DB...] NUM_BATCHES lmdb [CPU]\n"
+    f"usage: {PROG} WEIGHTS NET BLOB[,BLOB...] DB[,DB...] NUM_BATCHES lmdb [CPU|GPU] "
+    "[DEVICE_ID]\n"
     f"       {PROG} spp  --dataset ROOT --weights W --out DIR [options]   (see spp --help)\n"
     f"       {PROG} rcnn --dataset ROOT --weights W --out DIR [options]   (see rcnn --help)\n"
     "\n"
     "Caffe's form: runs NUM_BATCHES forward passes of NET (TEST phase, weights from WEIGHTS)\n"
     "and writes each named blob to its own new database, one Datum (float_data) per item,\n"
-    "keyed %010d. Several blobs and databases are separated by commas, in the same order.")
+    "keyed %010d. Several blobs and databases are separated by commas, in the same order.\n"
+    "GPU runs the net on the GPU DEVICE_ID (default 0).")
 log = logging.getLogger("sppcaffe")
 # The default nets, found from the checkout this module lives in.
 MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -83,13 +88,26 @@ def feature_datum(values, chw):
     return datum
 
 
+def _parse_device(argv):
+    """The GPU id of Caffe's trailing `[CPU|GPU] [DEVICE_ID]`, or None for
+    the CPU (a DEVICE_ID after CPU is ignored, as Caffe does)."""
+    mode = argv[6] if len(argv) > 6 else "CPU"
+    if mode == "CPU":
+        return None
+    if mode != "GPU":
+        raise CliError(f"unknown mode '{mode}' (expected CPU or GPU)")
+    text = argv[7] if len(argv) > 7 else "0"
+    try:
+        device_id = int(text)
+    except ValueError:
+        raise CliError(f"DEVICE_ID must be a GPU id such as 0, got '{text}'") from None
+    if device_id < 0:
+        raise CliError(f"DEVICE_ID must be >= 0, got {device_id}")
+    return device_id
+
+
 def _parse_caffe_args(argv):
     weights, net_path, blob_text, db_text, batches_text, db_type = argv[:6]
-    mode = argv[6] if len(argv) > 6 else "CPU"
-    if mode == "GPU":
-        raise CliError(GPU_UNAVAILABLE)
-    if mode != "CPU":
-        raise CliError(f"unknown mode '{mode}' (expected CPU or GPU)")
     blobs, dbs = blob_text.split(","), db_text.split(",")
     if len(blobs) != len(dbs):
         raise CliError(f"the number of blob names ({len(blobs)}) and dataset names "
@@ -105,7 +123,7 @@ def _parse_caffe_args(argv):
         raise CliError(LEVELDB_UNAVAILABLE)
     if backend != "lmdb":
         raise CliError(f"unknown database type '{db_type}' (expected lmdb)")
-    return weights, net_path, blobs, dbs, num_batches
+    return weights, net_path, blobs, dbs, num_batches, _parse_device(argv)
 
 
 def _load_net(net_path, weights):
@@ -125,8 +143,13 @@ def _load_net(net_path, weights):
 
 def caffe_extract(argv):
     """Caffe's extract_features; the exit status."""
-    weights, net_path, blobs, dbs, num_batches = _parse_caffe_args(argv)
-    log.info("Using CPU")
+    weights, net_path, blobs, dbs, num_batches, device_id = _parse_caffe_args(argv)
+    if device_id is None:
+        log.info("Using CPU")
+    else:
+        log.info("Using GPU")
+        log.info("Using Device_id=%d", device_id)
+        select_device(device_id)
     net = _load_net(net_path, weights)
     for name in blobs:
         if name not in net.blobs:
@@ -146,7 +169,8 @@ def caffe_extract(argv):
             for i, (name, writer) in enumerate(zip(blobs, writers)):
                 blob = net.blobs[name]
                 chw = legacy_chw(blob.shape)
-                rows = blob.data.reshape(blob.shape[0] if blob.shape else 1, -1)
+                # cpu_data: in GPU mode one download, and no upload back.
+                rows = blob.cpu_data.reshape(blob.shape[0] if blob.shape else 1, -1)
                 for row in rows:
                     writer.put(f"{counts[i]:010d}", feature_datum(row, chw).SerializeToString())
                     counts[i] += 1
@@ -219,6 +243,7 @@ def _add_common(parser):
     out.add_argument("--compress", action="store_true",
                      help="write compressed .npz files (smaller, slower)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_gpu_argument(parser)
 
 
 def build_parser():
@@ -304,6 +329,7 @@ def _feature_dim(args, net, extractor):
 
 def detection_extract(args):
     """The spp and rcnn subcommands; the exit status."""
+    select_device(args.gpu)
     root = args.dataset
     if not os.path.isdir(root):
         raise CliError(f"dataset folder '{root}' does not exist")
@@ -328,8 +354,8 @@ def detection_extract(args):
                 classes=list(classes), num_classes=len(classes),
                 feature_dim=_feature_dim(args, net, extractor), proposals=source.describe(),
                 boxes="x1 y1 x2 y2, 1-based, pixel-inclusive (VOC)", format_version=1)
-    log.info("%s features of %d images of %s/%s into %s", args.command.upper(), len(ids), root,
-             args.split, args.out)
+    log.info("%s features of %d images of %s/%s into %s%s", args.command.upper(), len(ids), root,
+             args.split, args.out, "" if args.gpu is None else f" on GPU {args.gpu}")
     progress = not args.no_progress and sys.stderr.isatty()
     computed, skipped = features.cache_features(dataset, source, extractor, args.out, meta, ids,
                                                 progress=progress, compress=args.compress)
@@ -370,6 +396,8 @@ def main(argv=None):
         print(f"{PROG}: error: {err}{notes}", file=sys.stderr)
         return 1
     finally:
+        # A caller in the same process finds the mode as it was (CPU).
+        backends.set_mode_cpu()
         restore_logging()
 
 

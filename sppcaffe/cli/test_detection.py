@@ -15,6 +15,7 @@ the dataset folder) with difficult objects ignored.  Prints the per-class
 AP table with VOC2007's 11-point AP and VOC2010+'s area AP; --year chooses
 which one the last line reports.  A cache made in R-CNN mode
 (tools/extract_features rcnn) is tested the same way, with the same SVMs.
+With --gpu ID the fc layers computing fc6/fc7 run on that GPU.
 `tools/test_net --detection CONFIG ...` runs this tool.
 """
 import argparse
@@ -23,6 +24,7 @@ import logging
 import os
 import sys
 
+from .. import backends
 from ..detection import detect, voc
 from ..detection.bbox_regression import BBoxRegressor
 from ..detection.config import DetectionConfigError, load_config
@@ -30,6 +32,7 @@ from ..detection.evaluation import AREA, VOC07
 from ..detection.svm import SVMModel
 from ..io.atomic import atomic_write
 from .progress import run_main
+from . import add_gpu_argument, select_device
 from .train_svms import CachedSet, CliError, add_config_arguments
 
 PROG = "test_detection"
@@ -68,6 +71,7 @@ def build_parser(prog=PROG):
                         help="also evaluate uniformly random scores on the same windows")
     parser.add_argument("--results", metavar="FILE.json", help="write the APs as JSON")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    add_gpu_argument(parser)
     return parser
 
 
@@ -85,6 +89,16 @@ def results_json(evaluations, seconds):
 
 
 def run(args):
+    """The --gpu device (if any) for the run, and CPU mode again after it,
+    so that a caller in the same process finds the mode as it was."""
+    try:
+        select_device(args.gpu)
+        return detect_and_evaluate(args)
+    finally:
+        backends.set_mode_cpu()
+
+
+def detect_and_evaluate(args):
     try:
         settings = list(args.set) + ([f"test.nms={args.nms}"] if args.nms is not None else [])
         config = load_config(args.config, settings)

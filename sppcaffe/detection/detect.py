@@ -19,6 +19,12 @@ AP is computed both ways (sppcaffe.detection.evaluation): VOC2007's
 11-point interpolation and VOC2010+'s area under the curve, difficult
 objects ignored as the devkit does.  A random-scoring baseline runs the
 same steps with uniform random scores.
+
+An entry is a cache record (sppcaffe.detection.cache) or the same with an
+extractor's WindowFeatures as its "feat": then each distinct window is
+scored once, and in GPU mode the fc layers read the features on the
+device (only the fc outputs, and pool5 rows for box regression, come to
+the host).
 """
 import colorsys
 import functools
@@ -33,6 +39,7 @@ from ..io.atomic import atomic_write
 from .boxes import nms, score_order
 from .config import DetectConfig
 from .evaluation import AREA, VOC07, Detections, Evaluation, evaluate
+from .features import WindowFeatures
 
 log = logging.getLogger("sppcaffe")
 
@@ -46,6 +53,14 @@ def proposal_rows(entry):
     return np.flatnonzero(~np.asarray(entry["gt"], bool))
 
 
+def entry_features(entry, rows):
+    """The pooled features of the given rows of an entry, on the host."""
+    feat = entry["feat"]
+    if isinstance(feat, WindowFeatures):
+        return feat.rows(rows)
+    return np.asarray(feat)[rows]
+
+
 class SVMScorer:
     """scores (R, K) of the given rows of a cache entry under SVMs."""
 
@@ -53,7 +68,12 @@ class SVMScorer:
         self.model, self.transform = model, transform
 
     def __call__(self, entry, rows):
-        return self.model.scores(self.transform(np.asarray(entry["feat"])[rows]))
+        feat = entry["feat"]
+        if isinstance(feat, WindowFeatures):
+            # Every distinct window once, from where its features are (the
+            # device in GPU mode); the few ground-truth rows come along.
+            return self.model.scores(self.transform(feat.stored))[feat.inverse[rows]]
+        return self.model.scores(self.transform(np.asarray(feat)[rows]))
 
 
 class RandomScorer:
@@ -96,7 +116,7 @@ def detect_image(entry, scorer, config: DetectConfig, regressor=None, image_hw=N
     boxes = np.asarray(entry["boxes"], np.float64)[rows]
     scores = np.asarray(scorer(entry, rows), np.float64)
     num_classes = scores.shape[1]
-    pooled = np.asarray(entry["feat"])[rows] if regressor is not None else None
+    pooled = entry_features(entry, rows) if regressor is not None else None
     out_boxes, out_scores = [], []
     for k in range(num_classes):
         regress = None if regressor is None else functools.partial(
@@ -258,6 +278,6 @@ def write_pictures(out_dir, per_image, read_image, classes, thresholds, limit=10
 
 
 __all__ = ["ImageDetections", "RandomScorer", "SVMScorer", "ap_table", "class_detections",
-           "detect_all", "detect_image", "draw_detections", "evaluate_both", "image_sizes",
-           "percent", "precision_thresholds", "proposal_rows", "top_detections",
+           "detect_all", "detect_image", "draw_detections", "entry_features", "evaluate_both",
+           "image_sizes", "percent", "precision_thresholds", "proposal_rows", "top_detections",
            "write_pictures"]

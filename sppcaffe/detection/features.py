@@ -19,6 +19,17 @@ same kind and length as SPP mode, scored by the same SVMs.
 ``cache_features`` runs either over a dataset split and writes the
 per-image cache of sppcaffe.detection.cache.
 
+GPU mode (``sppcaffe.set_mode_gpu()``): the nets run on the device, and so
+does what follows them.  SPP mode keeps a device copy of each scale's conv
+map and pools every window there (backends/gpu/window_pool.py) into one
+device Blob for all scales; R-CNN mode copies each batch's features into
+such a Blob.  ``WindowFeatures`` then holds that Blob, and the fc layers
+that score the windows (sppcaffe.detection.svm.FeatureTransform) read it
+on the device: features reach the host only when read (``feat``,
+``unique_feat``: to cache them on disk, or for host-side SVMs and box
+regression).  The images themselves are prepared on the host (resizing,
+R-CNN's warping) and uploaded once.
+
 Images are (H, W, 3) uint8 BGR arrays (cv2.imread's order); boxes are
 1-based, pixel-inclusive [x1 y1 x2 y2] (the VOC convention).
 """
@@ -28,7 +39,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import io
+from .. import backends, io
+from ..backends import gpu
+from ..backends.gpu import window_pool as device_pool
+from ..blob import Blob
 from . import cache, mapping, window_pool
 
 _log = logging.getLogger(__name__)
@@ -132,25 +146,107 @@ def feature_stride(net, blob):
 
 
 def forward_to(net, blob, batch):
-    """Feed `batch` to the net's input and run it up to `blob`; the blob's
-    data (the net's own array, overwritten by the next call)."""
+    """Feed the host array `batch` to the net's input and run it up to
+    `blob`; that Blob of the net (overwritten by the next call): read its
+    ``cpu_data`` on the host, its ``gpu_data`` on the device."""
     name = input_name(net)
     net.blobs[name].reshape(batch.shape)
     net.blobs[name].data[...] = batch
     net.forward_from_to(0, producing_layer(net, blob))
-    return net.blobs[blob].data
+    return net.blobs[blob]
+
+
+# ---------------------------------------------------------------------------
+# Where features live: host arrays in CPU mode, device Blobs in GPU mode
+# ---------------------------------------------------------------------------
+def feature_rows(count, dim):
+    """Room for `count` rows of `dim` features on the side the nets run
+    on: a float32 host array (CPU mode) or a Blob whose rows stay on the
+    device (GPU mode)."""
+    if backends.gpu_mode():
+        return Blob((count, dim))
+    return np.empty((count, dim), np.float32)
+
+
+def copy_rows(rows, first, source, count):
+    """rows[first:first + count] = the first `count` items of the Blob
+    `source`, each flattened; device to device where `rows` is a Blob."""
+    if isinstance(rows, Blob):
+        dim = rows.shape[1]
+        gpu.blas().copy(rows.mutable_gpu_data + 4 * first * dim, source.gpu_data,
+                        4 * count * dim)
+    else:
+        rows[first:first + count] = source.cpu_data.reshape(count, -1)
+
+
+def first_item(blob):
+    """Item 0 of a (N, ...) Blob of a net, kept past the net's next pass:
+    a host array in CPU mode, a device copy (a Blob) in GPU mode."""
+    if not backends.gpu_mode():
+        return blob.cpu_data[0].copy()
+    kept = Blob(blob.shape[1:])
+    gpu.blas().copy(kept.mutable_gpu_data, blob.gpu_data, 4 * kept.count)
+    return kept
+
+
+def synchronize():
+    """Wait for the device's queued work in GPU mode (for timings; reading
+    features waits on its own)."""
+    if backends.gpu_mode():
+        backends.current_device().synchronize()
+
+
+def _map_for_mode(data):
+    """A conv map where this mode pools it: (C, H, W) host array in CPU
+    mode, Blob in GPU mode (maps computed in the other mode are moved)."""
+    if backends.gpu_mode() and not isinstance(data, Blob):
+        moved = Blob(data.shape)
+        moved.data[...] = data
+        return moved
+    if not backends.gpu_mode() and isinstance(data, Blob):
+        return data.cpu_data
+    return data
 
 
 # ---------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------
-class WindowFeatures(NamedTuple):
+class WindowFeatures:
     """Features of R windows, stored once per distinct window:
     ``feat = unique_feat[inverse]``.  (Fully connected layers need to run
-    on the U unique rows only.)"""
-    unique_feat: np.ndarray     # (U, D) float32
-    inverse: np.ndarray         # (R,) indices into unique_feat
-    scale_index: np.ndarray     # (R,) int16
+    on the U unique rows only.)
+
+    unique rows: (U, D) float32, a host array, or in GPU mode a device Blob
+    (``device``) that is downloaded the first time ``unique_feat``,
+    ``feat`` or ``rows`` is read (as a read-only array); ``stored`` hands
+    out the rows where they are, for fc layers to read on the device.
+    inverse: (R,) indices into the unique rows; scale_index: (R,) int16."""
+
+    __slots__ = ("device", "inverse", "scale_index", "_host")
+
+    def __init__(self, unique_feat, inverse, scale_index):
+        self.device = unique_feat if isinstance(unique_feat, Blob) else None
+        self._host = None if self.device is not None else np.asarray(unique_feat)
+        self.inverse = np.asarray(inverse)
+        self.scale_index = np.asarray(scale_index)
+
+    @property
+    def stored(self):
+        """The unique rows as computed: the device Blob, else the host array."""
+        return self.device if self.device is not None else self._host
+
+    @property
+    def unique_feat(self):
+        if self._host is None:
+            # cpu_data keeps the device copy current (no upload if it is read
+            # there again); read-only, since writes would not reach it.
+            self._host = self.device.cpu_data.view()
+            self._host.flags.writeable = False
+        return self._host
+
+    def rows(self, index):
+        """Features of the windows `index` (into the R windows), on the host."""
+        return self.unique_feat[self.inverse[index]]
 
     @property
     def feat(self):
@@ -158,12 +254,17 @@ class WindowFeatures(NamedTuple):
 
     @property
     def num_unique(self):
-        return len(self.unique_feat)
+        return self.stored.shape[0]
+
+    def __repr__(self):
+        where = "device" if self.device is not None else "host"
+        return (f"WindowFeatures({len(self.inverse)} windows, {self.num_unique} unique x "
+                f"{self.stored.shape[1]} on the {where})")
 
 
 class ConvMap(NamedTuple):
     scale: int                  # the shorter side the image was resized to
-    data: np.ndarray            # (C, H, W) float32
+    data: object                # (C, H, W) float32: a host array, or a Blob in GPU mode
 
 
 # ---------------------------------------------------------------------------
@@ -215,37 +316,46 @@ class SPPExtractor:
 
     def conv_maps(self, image):
         """One ConvMap per scale (a size shared by two scales, possible when
-        max_side caps both, is computed once)."""
+        max_side caps both, is computed once).  In GPU mode each map is a
+        device copy: the net's next pass overwrites its own."""
         done = {}
         maps = []
         for scale in self.used_scales(image.shape[:2]):
             if scale not in done:
                 batch = image_to_blob(resize_image(image, scale), self.mean)
-                done[scale] = ConvMap(scale, forward_to(self.net, self.blob, batch)[0].copy())
+                done[scale] = ConvMap(scale, first_item(forward_to(self.net, self.blob, batch)))
             maps.append(done[scale])
         return maps
 
     def pool(self, conv_maps, image_hw, boxes):
         """WindowFeatures of the (1-based) boxes of an `image_hw` image from
-        its conv maps."""
+        its conv maps: each distinct (scale, cells) window pooled once, all
+        scales into one store (on the device in GPU mode)."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scales = [m.scale for m in conv_maps]
         sizes = [m.data.shape[1:] for m in conv_maps]
         index, cells = mapping.map_windows(boxes, image_hw, scales, sizes, self.mapping,
                                            self.scale_rule, self.stride, self.released)
-        channels = conv_maps[0].data.shape[0]
-        parts, inverse = [], np.empty(len(boxes), np.int64)
+        # The distinct windows of every scale first (host), to size the store.
+        groups, inverse = [], np.empty(len(boxes), np.int64)
         offset = 0
         for k in np.unique(index):
             rows = np.flatnonzero(index == k)
-            pooled, inv = window_pool.pool_unique_windows(conv_maps[k].data, cells[rows],
-                                                          self.levels, self.pool_kind)
-            parts.append(pooled)
+            unique, inv = window_pool.unique_windows(window_pool.as_windows(cells[rows], sizes[k]))
+            groups.append((k, unique, offset))
             inverse[rows] = inv + offset
-            offset += len(pooled)
-        length = window_pool.output_length(self.levels, channels)
-        unique = np.concatenate(parts) if parts else np.zeros((0, length), np.float32)
-        return WindowFeatures(unique, inverse, index.astype(np.int16))
+            offset += len(unique)
+        channels = conv_maps[0].data.shape[0]
+        out = feature_rows(offset, window_pool.output_length(self.levels, channels))
+        for k, unique, first in groups:
+            conv = _map_for_mode(conv_maps[k].data)
+            if isinstance(out, Blob):
+                device_pool.pool_windows(conv, unique, self.levels, self.pool_kind, out=out,
+                                         first_row=first)
+            else:
+                window_pool.pool_windows(conv, unique, self.levels, self.pool_kind,
+                                         out=out[first:first + len(unique)])
+        return WindowFeatures(out, inverse, index.astype(np.int16))
 
     def __call__(self, image, boxes):
         return self.pool(self.conv_maps(image), image.shape[:2], boxes)
@@ -364,8 +474,11 @@ class RCNNExtractor:
                 "mean": [float(v) for v in self.mean]}
 
     def __call__(self, image, boxes):
+        """WindowFeatures of the boxes (every window its own row), on the
+        device in GPU mode: the crops are warped on the host and uploaded,
+        the features stay where the net computed them."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        parts = []
+        feat = None
         batch = None
         for start in range(0, len(boxes), self.batch_size):
             chunk = boxes[start:start + self.batch_size]
@@ -374,10 +487,10 @@ class RCNNExtractor:
                                  np.float32)
             warp_windows(image, chunk, self.mean, self.crop_size, self.padding, out=batch)
             top = forward_to(self.net, self.blob, batch)
-            parts.append(top.reshape(len(chunk), -1).copy())
-        if parts:
-            feat = np.concatenate(parts)
-        else:
+            if feat is None:
+                feat = feature_rows(len(boxes), top.count // len(chunk))
+            copy_rows(feat, start, top, len(chunk))
+        if feat is None:
             feat = np.zeros((0, int(np.prod(self.net.blobs[self.blob].shape[1:]))), np.float32)
         return WindowFeatures(feat, np.arange(len(boxes)), np.zeros(len(boxes), np.int16))
 

@@ -6,7 +6,10 @@ Features.  The SVMs read either the cached pooled conv5 features ("pool5")
 or fc6/fc7 computed from them by the fully-connected layers of a net (the
 fine-tuning net, models/detection/: Input blob "spp").  Every feature is
 multiplied by one factor, chosen so that the mean L2 norm over a sample of
-training windows is `target_norm` (R-CNN: 20): ``FeatureTransform``.
+training windows is `target_norm` (R-CNN: 20): ``FeatureTransform``.  In
+GPU mode the fc layers run on the device; pooled features given as a
+device Blob (an extractor's WindowFeatures.stored) are fed to them there,
+and only their outputs come to the host, where the SVMs score.
 
 Training (``train_svms``):
 - positives of class k: the ground-truth boxes of class k;
@@ -40,7 +43,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from .. import io
+from .. import backends, io
+from ..backends import gpu
+from ..blob import Blob
 from ..io.atomic import atomic_write
 from ..net import TEST, Net
 from ..proto import caffe_pb2
@@ -106,35 +111,67 @@ class FeatureTransform:
     def with_scale(self, scale):
         return FeatureTransform(self.layer, self.net, scale, self.batch_size)
 
-    def raw(self, pooled):
-        pooled = np.asarray(pooled, np.float32)
-        if pooled.ndim != 2:
+    def _checked(self, pooled):
+        """`pooled` as (R, D) rows: a float32 host array, or a Blob left on
+        the device where the fc layers run there (GPU mode)."""
+        if isinstance(pooled, Blob) and (self.net is None or not backends.gpu_mode()):
+            pooled = pooled.cpu_data
+        if not isinstance(pooled, Blob):
+            pooled = np.asarray(pooled, np.float32)
+        if len(pooled.shape) != 2:
             raise ValueError(f"pooled features must be (R, D), got shape {pooled.shape}")
-        if self.net is None:
-            return pooled
         expected = self.input_dim
         if expected is not None and pooled.shape[1] != expected:
             raise ValueError(f"the fc net {self.net.source} takes {expected} features per window, "
                              f"the cache has {pooled.shape[1]}")
-        blob_in, blob_out = self.net.blobs[FC_INPUT], self.net.blobs[self.layer]
-        out = None
-        for start in range(0, len(pooled), self.batch_size):
-            chunk = pooled[start:start + self.batch_size]
-            if blob_in.shape != chunk.shape:
-                blob_in.reshape(chunk.shape)
-            blob_in.data[...] = chunk
+        return pooled
+
+    def outputs(self, pooled):
+        """Run the fc layers over the (R, D) `pooled` rows (host array or,
+        in GPU mode, a device Blob) `batch_size` rows a pass; yields (first
+        row, rows in the pass, the net's output Blob), valid until the next
+        pass.  Device rows are copied into the net's input on the device."""
+        if self.net is None:
+            raise ValueError("pool5 features go to the SVMs as they are: no fc layers to run")
+        pooled = self._checked(pooled)
+        blob_in = self.net.blobs[FC_INPUT]
+        count, dim = pooled.shape
+        for start in range(0, count, self.batch_size):
+            rows = min(self.batch_size, count - start)
+            if blob_in.shape != (rows, dim):
+                blob_in.reshape((rows, dim))
+            if isinstance(pooled, Blob):
+                gpu.blas().copy(blob_in.mutable_gpu_data, pooled.gpu_data + 4 * start * dim,
+                                4 * rows * dim)
+            else:
+                blob_in.data[...] = pooled[start:start + rows]
             self.net.forward_from_to(0, self._end)
-            rows = blob_out.data.reshape(len(chunk), -1)
+            yield start, rows, self.net.blobs[self.layer]
+
+    def raw(self, pooled):
+        """The unscaled features (R, D') on the host.  pool5 hands back the
+        host rows themselves (not a copy)."""
+        pooled = self._checked(pooled)
+        if self.net is None:
+            return pooled
+        out = None
+        for start, rows, blob_out in self.outputs(pooled):
+            # cpu_data: the device copy stays current, so the next pass
+            # uploads nothing back.
+            values = blob_out.cpu_data.reshape(rows, -1)
             if out is None:
-                out = np.empty((len(pooled), rows.shape[1]), np.float32)
-            out[start:start + len(chunk)] = rows
+                out = np.empty((pooled.shape[0], values.shape[1]), np.float32)
+            out[start:start + rows] = values
         if out is None:
-            return np.zeros((0, int(np.prod(blob_out.shape[1:]))), np.float32)
+            return np.zeros((0, int(np.prod(self.net.blobs[self.layer].shape[1:]))), np.float32)
         return out
 
     def __call__(self, pooled):
         out = self.raw(pooled)
         if self.scale != 1.0:
+            if self.net is None:
+                # raw() returned the caller's own rows: never scale them in place.
+                return out * np.float32(self.scale)
             out *= np.float32(self.scale)
         return out
 

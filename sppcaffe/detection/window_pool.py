@@ -111,8 +111,11 @@ def _bin_table(max_size, n):
     return starts, ends
 
 
-def _axis_bins(first, last, n, map_size):
-    """(R, n) starts and ends (exclusive) of the bins of windows [first, last]."""
+def axis_bins(first, last, n, map_size):
+    """(R, n) starts and ends (exclusive) of the n adaptive bins of each
+    window [first, last] (inclusive cells, int arrays (R,)) along one axis
+    of a map of `map_size` cells: the bins every pooling of windows uses,
+    on the host and on the device (backends/gpu/window_pool.py)."""
     starts, ends = _bin_table(map_size, n)
     size = last - first + 1
     return first[:, None] + starts[size], first[:, None] + ends[size]
@@ -222,8 +225,8 @@ def _level_pairs(windows, levels, map_hw):
     h, w = map_hw
     pairs = set()
     for n in levels:
-        rs, re = _axis_bins(windows[:, 1], windows[:, 3], n, h)
-        cs, ce = _axis_bins(windows[:, 0], windows[:, 2], n, w)
+        rs, re = axis_bins(windows[:, 1], windows[:, 3], n, h)
+        cs, ce = axis_bins(windows[:, 0], windows[:, 2], n, w)
         # a window's row bins pair with each of its column bins
         code = _floor_log2(re - rs)[:, :, None] * 64 + _floor_log2(ce - cs)[:, None, :]
         pairs.update((int(k) // 64, int(k) % 64) for k in np.unique(code))
@@ -286,8 +289,8 @@ def pool_windows(feature_map, windows, levels, pool=MAX, out=None, with_argmax=F
         chunk = windows[start:start + chunk_size]
         rows = slice(start, start + len(chunk))
         for n, cols in zip(levels, columns):
-            row_bins = _axis_bins(chunk[:, 1], chunk[:, 3], n, h)
-            col_bins = _axis_bins(chunk[:, 0], chunk[:, 2], n, w)
+            row_bins = axis_bins(chunk[:, 1], chunk[:, 3], n, h)
+            col_bins = axis_bins(chunk[:, 0], chunk[:, 2], n, w)
             # (R, C, n*n) output columns seen as (R, n*n, C): the gathers'
             # layout, written straight into place.
             view = out[rows, cols].reshape(len(chunk), c, n * n).transpose(0, 2, 1)
@@ -376,8 +379,8 @@ def _ave_backward(windows, levels, top_diff, shape):
     diff = np.zeros((c, (h + 1) * (w + 1)), np.float64)
     channel_offset = (np.arange(c) * (h + 1) * (w + 1))[None, :, None]
     for n, cols in zip(levels, _level_columns(levels, c)):
-        rs, re = _axis_bins(windows[:, 1], windows[:, 3], n, h)
-        cs, ce = _axis_bins(windows[:, 0], windows[:, 2], n, w)
+        rs, re = axis_bins(windows[:, 1], windows[:, 3], n, h)
+        cs, ce = axis_bins(windows[:, 0], windows[:, 2], n, w)
         area = (re - rs)[:, :, None] * (ce - cs)[:, None, :]
         g = top_diff[:, cols].reshape(len(windows), c, n * n) / area.reshape(-1, 1, n * n)
         for rows, cols_, sign in ((rs, cs, 1), (rs, ce, -1), (re, cs, -1), (re, ce, 1)):

@@ -65,9 +65,9 @@ def window_tables(windows, levels, map_hw, channels, images=None):
     windows = host_pool.as_windows(windows, map_hw)
     level_bins = []
     for n in levels:
-        # window_pool's own per-window bins: the same cells as on the host.
-        rs, re = host_pool._axis_bins(windows[:, 1], windows[:, 3], n, map_hw[0])
-        cs, ce = host_pool._axis_bins(windows[:, 0], windows[:, 2], n, map_hw[1])
+        # The host's own per-window bins: the same cells on both sides.
+        rs, re = host_pool.axis_bins(windows[:, 1], windows[:, 3], n, map_hw[0])
+        cs, ce = host_pool.axis_bins(windows[:, 0], windows[:, 2], n, map_hw[1])
         level_bins.append((Bins(rs, re, re - rs), Bins(cs, ce, ce - cs)))
     if images is None:
         images = np.zeros(len(windows), np.int32)
