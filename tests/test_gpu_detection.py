@@ -332,7 +332,7 @@ def test_gpu_without_pycuda_is_one_clear_line(tmp_path, capsys, no_pycuda, tool,
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if ": error: " in line]
     assert len(lines) == 1 and "Traceback" not in err
-    assert "--gpu 0: GPU mode needs PyCUDA" in lines[0]
+    assert "0: GPU mode needs PyCUDA" in lines[0]
     assert not backends.gpu_mode()
     assert not (tmp_path / "demo").exists()          # nothing done before the check
 

@@ -1,5 +1,9 @@
 """Command-line tools (the scripts in tools/ are thin wrappers around these
 modules' ``main`` functions)."""
+import contextlib
+import logging
+
+from .. import backends
 
 
 class CliError(ValueError):
@@ -22,27 +26,35 @@ def add_gpu_argument(parser):
                              "an NVIDIA driver: README, section 'GPU'); default: the CPU")
 
 
-def select_device(gpu):
-    """GPU mode on the device `gpu` names (the --gpu value), or nothing when
-    it is None; a CliError saying why where that cannot be."""
-    import logging
-
-    from .. import backends
+def select_device(gpu, flag="--gpu"):
+    """GPU mode on the device `gpu` names (the value of `flag`), or nothing
+    when it is None; a CliError saying why where that cannot be."""
     if gpu is None:
         return False
     ids = [part.strip() for part in str(gpu).split(",") if part.strip()]
     if str(gpu).strip() == "all" or len(ids) != 1:
-        raise CliError(f"--gpu {gpu}: one GPU at a time (multi-GPU training is not supported); "
+        raise CliError(f"{flag} {gpu}: one GPU at a time (multi-GPU training is not supported); "
                        "give one id, e.g. --gpu 0")
     try:
         device_id = int(ids[0])
     except ValueError:
-        raise CliError(f"--gpu expects a GPU id such as 0, got '{gpu}'") from None
+        raise CliError(f"{flag} expects a GPU id such as 0, got '{gpu}'") from None
     try:
         backends.set_device(device_id)
         backends.set_mode_gpu()
     except (backends.GPUUnavailable, ValueError) as err:
-        raise CliError(f"--gpu {gpu}: {err}") from None
+        raise CliError(f"{flag} {gpu}: {err}") from None
     logging.getLogger("sppcaffe").info("Use GPU with device ID %d (%s)", device_id,
                                        backends.current_device().name)
     return True
+
+
+@contextlib.contextmanager
+def device_for(gpu, flag="--gpu"):
+    """The device `gpu` names (None: the CPU) inside the block, CPU mode
+    again after it, so that a caller in the same process finds the mode as
+    it was; yields whether it is a GPU."""
+    try:
+        yield select_device(gpu, flag)
+    finally:
+        backends.set_mode_cpu()

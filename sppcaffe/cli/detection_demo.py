@@ -50,12 +50,12 @@ import time
 
 import numpy as np
 
-from .. import Net, TEST, backends, set_random_seed
+from .. import Net, TEST, set_random_seed
 from ..detection import (bbox_regression, cache, detect, features, finetune, proposals, svm,
                          synthetic, voc)
 from ..detection.config import load_config
 from ..io.atomic import atomic_write
-from . import add_gpu_argument, select_device
+from . import add_gpu_argument, device_for
 from .progress import run_main
 from .train_svms import CachedSet
 
@@ -296,11 +296,8 @@ def rcnn_mode(test, dataset, spp_extractor, model, regressor, config, annotation
 def run(args):
     """The --gpu device (if any) for the walkthrough, and CPU mode again
     after it, so that a caller in the same process finds the mode as it was."""
-    try:
-        select_device(args.gpu)
+    with device_for(args.gpu):
         return walkthrough(args)
-    finally:
-        backends.set_mode_cpu()
 
 
 def walkthrough(args):

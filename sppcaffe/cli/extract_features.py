@@ -149,7 +149,7 @@ def caffe_extract(argv):
     else:
         log.info("Using GPU")
         log.info("Using Device_id=%d", device_id)
-        select_device(device_id)
+        select_device(device_id, flag="GPU")
     net = _load_net(net_path, weights)
     for name in blobs:
         if name not in net.blobs:

@@ -24,7 +24,6 @@ import logging
 import os
 import sys
 
-from .. import backends
 from ..detection import detect, voc
 from ..detection.bbox_regression import BBoxRegressor
 from ..detection.config import DetectionConfigError, load_config
@@ -32,7 +31,7 @@ from ..detection.evaluation import AREA, VOC07
 from ..detection.svm import SVMModel
 from ..io.atomic import atomic_write
 from .progress import run_main
-from . import add_gpu_argument, select_device
+from . import add_gpu_argument, device_for
 from .train_svms import CachedSet, CliError, add_config_arguments
 
 PROG = "test_detection"
@@ -91,11 +90,8 @@ def results_json(evaluations, seconds):
 def run(args):
     """The --gpu device (if any) for the run, and CPU mode again after it,
     so that a caller in the same process finds the mode as it was."""
-    try:
-        select_device(args.gpu)
+    with device_for(args.gpu):
         return detect_and_evaluate(args)
-    finally:
-        backends.set_mode_cpu()
 
 
 def detect_and_evaluate(args):

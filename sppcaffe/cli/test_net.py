@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from .. import io
+from .. import backends, io
 from ..net import TEST, TRAIN, Net
 # The solver's formatting of output values and loss notes, so that both
 # tools print numbers exactly as Caffe's solver and `caffe test` do.
@@ -86,7 +86,8 @@ def run(args):
             raise CliError(f"cannot read {what} '{path}': no such file")
     if args.iterations < 1:
         raise CliError(f"--iterations must be at least 1, got {args.iterations}")
-    log.info("Use CPU.")
+    if not backends.gpu_mode():         # run_tool has logged the GPU it chose
+        log.info("Use CPU.")
     net = Net(io.read_net(args.model), PHASES[args.phase], level=args.level, stages=args.stage)
     net.copy_from(args.weights)
     log.info("Running for %d iterations.", args.iterations)

@@ -20,7 +20,7 @@ from ..layer import LAYER_TYPES, LayerError
 from ..layers.data import ExternalDataLayer
 from ..net import TEST, TRAIN, Net, filter_net
 from ..random import set_random_seed
-from . import CliError, add_gpu_argument, add_net_state_arguments, select_device
+from . import CliError, add_gpu_argument, add_net_state_arguments, device_for
 
 PROG = "time_net"
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
@@ -264,13 +264,11 @@ def main(argv=None):
         return 2
     set_random_seed(args.seed)
     try:
-        on_gpu = select_device(args.gpu)
-        return _time(args, log, on_gpu)
+        with device_for(args.gpu) as on_gpu:
+            return _time(args, log, on_gpu)
     except CliError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    finally:
-        backends.set_mode_cpu()
 
 
 def _time(args, log, on_gpu):

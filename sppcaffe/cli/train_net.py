@@ -22,13 +22,13 @@ import math
 import os
 import sys
 
-from .. import backends, io
+from .. import io
 from ..proto import caffe_pb2
 from ..solvers import get_solver
 from ..solvers.signals import ACTIONS, SNAPSHOT, STOP
 from ..solvers.solver import default_snapshot_prefix
 from . import config, progress
-from . import CliError, add_gpu_argument, select_device
+from . import CliError, add_gpu_argument, device_for, select_device
 
 PROG = "train_net"
 log = logging.getLogger("sppcaffe")
@@ -233,11 +233,8 @@ def run_tool(prog, body, args):
     one message, Ctrl-C as exit 130); CPU mode again afterwards, so a tool
     called from Python leaves the mode as it found it."""
     def run(args):
-        try:
-            select_device(getattr(args, "gpu", None))
+        with device_for(getattr(args, "gpu", None)):
             return body(args)
-        finally:
-            backends.set_mode_cpu()
     return progress.run_main(prog, run, args, is_user_error=is_user_error)
 
 
