@@ -19,9 +19,10 @@ def golden_dir():
 
 
 def _gpu_devices():
-    """The devices GPU tests run on: always the host build of the kernels,
-    plus the real GPU where one opens (the lent GPU machine)."""
-    return ["host", pytest.param("cuda", marks=pytest.mark.gpu)]
+    """The devices GPU tests run on: the host build of the kernels; the
+    CUDA device's code over stand-ins for PyCUDA and cuBLAS (fake_cuda.py);
+    and the real GPU where one opens (the lent GPU machine)."""
+    return ["host", "fakecuda", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(params=_gpu_devices())
@@ -32,12 +33,18 @@ def gpu_device(request):
     from sppcaffe.backends.gpu.host_device import HostDevice
     if request.param == "host":
         device = HostDevice()
+    elif request.param == "fakecuda":
+        import fake_cuda
+        from sppcaffe.backends.gpu.cuda_device import CudaDevice
+        fake_cuda.install(request.getfixturevalue("monkeypatch"))
+        device = CudaDevice(0)
     else:
         from sppcaffe.backends.gpu.cuda_device import CudaDevice
         try:
             device = CudaDevice(0)
         except backends.GPUUnavailable as exc:
             pytest.skip(f"no GPU: {exc}")
+    device.kind = request.param         # tests size their work by it
     with on_device(device):
         yield device
 

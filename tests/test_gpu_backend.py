@@ -210,3 +210,36 @@ def test_relu_device_code_matches_host(gpu_device, slope, in_place):
     bottom = [Blob((2, 3, 4, 5))]
     top = bottom if in_place else [Blob()]
     compare_cpu_gpu(_relu(slope), bottom, top)
+
+
+# ---- the stand-ins the CUDA device is tested over -------------------------------
+def test_fake_cublas_follows_the_column_major_definition():
+    """fake_cuda's sgemm on hand-laid column-major data: C = A B with
+    A = [[1, 2, 3], [4, 5, 6]] stored by columns, B = I3 plus a ones column."""
+    import ctypes
+
+    import fake_cuda
+    a = np.array([1, 4, 2, 5, 3, 6], np.float32)            # 2 x 3, columns one after another
+    b = np.array([1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1], np.float32)   # 3 x 4
+    c = np.zeros(8, np.float32)                              # 2 x 4
+    f, i, p = ctypes.c_float, ctypes.c_int, ctypes.c_void_p
+    fake_cuda.FakeCublas().cublasSgemm_v2(
+        None, i(0), i(0), i(2), i(4), i(3), ctypes.byref(f(1.0)), p(a.ctypes.data), i(2),
+        p(b.ctypes.data), i(3), ctypes.byref(f(0.0)), p(c.ctypes.data), i(2))
+    # Columns of C: A's three columns, then their sum.
+    np.testing.assert_array_equal(c, [1, 4, 2, 5, 3, 6, 6, 15])
+
+
+def test_cuda_device_launches_through_pycuda_prepared_calls(monkeypatch):
+    import fake_cuda
+    from sppcaffe.backends.gpu.cuda_device import THREADS, CudaDevice
+    fake_cuda.install(monkeypatch)
+    device = CudaDevice(0)
+    x = device.alloc(4 * 1000)
+    device.upload(x.ptr, np.linspace(-1, 1, 1000, dtype=np.float32))
+    kernel = device.kernel("relu_forward")
+    kernel(1000, 1000, x.ptr, x.ptr, 0.0)
+    out = np.empty(1000, np.float32)
+    device.download(x.ptr, out)
+    assert out.min() == 0 and out.max() == 1
+    assert fake_cuda.LAUNCHES[-1] == ("relu_forward", "iPPf", (-(-1000 // THREADS), 1), (THREADS, 1, 1))
