@@ -103,10 +103,11 @@ class _Function:
 class _SourceModule:
     def __init__(self, source, no_extern_c=False, include_dirs=()):
         assert no_extern_c, "the kernels declare extern \"C\" themselves"
-        folder = Path(tempfile.mkdtemp(prefix="fake_cuda_"))
-        path = folder / "module.cu"
-        path.write_text(source)
-        self.library = HostDevice()._compile(path)
+        # The build lands in the kernel cache; the source copy is not kept.
+        with tempfile.TemporaryDirectory(prefix="fake_cuda_") as folder:
+            path = Path(folder) / "module.cu"
+            path.write_text(source)
+            self.library = HostDevice()._compile(path)
 
     def get_function(self, name):
         return _Function(getattr(self.library, name), name)
