@@ -31,8 +31,11 @@ echo "CUDA_ROOT=$CUDA_ROOT; libcuda: $(readlink -f "$LINKS/libcuda.so" 2>/dev/nu
 { echo "CUDA_ROOT = '$CUDA_ROOT'"
   [ -f "$CUDA_ROOT/include/curand.h" ] || echo "CUDA_ENABLE_CURAND = False"; } >> ~/.aksetup-defaults.py
 if ! python3 -c "import pycuda.driver" 2>/dev/null; then
-    time python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-        --target "$SITE" .whl/pycuda-*.tar.gz 2>&1 | tail -20 | tee "$OUT/pycuda_build.txt"
+    # Built as a wheel into $OUT, so that it comes back: put it into .whl/ and later runs
+    # (on a fresh machine) install it instead of building again.
+    time python3 -m pip wheel -q --no-index --no-deps --no-build-isolation --no-cache-dir \
+        -w "$OUT" .whl/pycuda-*.tar.gz 2>&1 | tail -20 | tee "$OUT/pycuda_build.txt"
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$OUT"/pycuda-*.whl
 fi
 python3 -c "import pycuda.driver as d; d.init(); print('PyCUDA', d.get_version(), d.Device(0).name())" \
     2>&1 | tee "$OUT/device.txt" || exit 1
