@@ -55,3 +55,19 @@ def counting_device():
     from gpu_check import CountingDevice, on_device
     with on_device(CountingDevice()) as device:
         yield device
+
+
+@pytest.fixture(scope="module")
+def tiny_voc(tmp_path_factory):
+    """A generated 4-image VOC-format set (80-120 px images): its root."""
+    from sppcaffe.detection.synthetic import make_synthetic_voc
+    return make_synthetic_voc(tmp_path_factory.mktemp("voc") / "tiny", num_images=4,
+                              size_range=(80, 120))
+
+
+@pytest.fixture(scope="module")
+def tiny_voc_set(tiny_voc):
+    """tiny_voc's trainval split."""
+    from sppcaffe.detection import voc
+    from sppcaffe.detection.synthetic import SYNTHETIC_CLASSES
+    return voc.VOCDataset(tiny_voc, "trainval", SYNTHETIC_CLASSES)

@@ -12,8 +12,8 @@ import pytest
 
 import sppcaffe
 from sppcaffe import io
-from sppcaffe.detection import cache, features, mapping, proposals, svd, voc
-from sppcaffe.detection.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
+from sppcaffe.detection import cache, features, mapping, proposals, svd
+from sppcaffe.detection.synthetic import SYNTHETIC_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(ROOT, "models", "zf5_spp")
@@ -58,17 +58,6 @@ def tiny_net(tmp_path, text=TINY_CONV, name="tiny.prototxt", seed=3):
     path.write_text(text)
     sppcaffe.set_random_seed(seed)
     return str(path), sppcaffe.Net(str(path), sppcaffe.TEST)
-
-
-@pytest.fixture(scope="module")
-def tiny_voc(tmp_path_factory):
-    return make_synthetic_voc(tmp_path_factory.mktemp("voc") / "tiny", num_images=4,
-                              size_range=(80, 120))
-
-
-@pytest.fixture(scope="module")
-def dataset(tiny_voc):
-    return voc.VOCDataset(tiny_voc, "trainval", SYNTHETIC_CLASSES)
 
 
 @pytest.fixture
@@ -121,8 +110,8 @@ def reference_spp(net, image, box, scale):
     return np.concatenate(out)
 
 
-def test_spp_features_match_the_paper_formulas(net, dataset):
-    image = dataset.read_image(dataset.image_ids[0])
+def test_spp_features_match_the_paper_formulas(net, tiny_voc_set):
+    image = tiny_voc_set.read_image(tiny_voc_set.image_ids[0])
     boxes = some_boxes(*image.shape[:2])
     extractor = features.SPPExtractor(net, scales=(96,), levels=LEVELS, mean=MEAN, blob="conv5")
     assert extractor.stride == STRIDE
@@ -139,9 +128,9 @@ def test_spp_features_match_the_paper_formulas(net, dataset):
 
 
 @pytest.mark.parametrize("rule", [mapping.PAPER, mapping.RELEASED])
-def test_multi_scale_runs_the_net_once_per_scale_and_picks_scales_by_rule(net, dataset, rule,
+def test_multi_scale_runs_the_net_once_per_scale_and_picks_scales_by_rule(net, tiny_voc_set, rule,
                                                                          monkeypatch):
-    image = dataset.read_image(dataset.image_ids[1])
+    image = tiny_voc_set.read_image(tiny_voc_set.image_ids[1])
     boxes = some_boxes(*image.shape[:2], count=60, seed=1)
     scales = (160, 320, 640)
     calls = []
@@ -256,9 +245,9 @@ def test_warp_windows_keeps_orientation():
         assert (np.diff(line) >= 0).all()
 
 
-def test_rcnn_extractor_batches_give_the_same_features(tmp_path, dataset):
+def test_rcnn_extractor_batches_give_the_same_features(tmp_path, tiny_voc_set):
     _, net = tiny_net(tmp_path, TINY_FULL, "full.prototxt")
-    image = dataset.read_image(dataset.image_ids[0])
+    image = tiny_voc_set.read_image(tiny_voc_set.image_ids[0])
     boxes = some_boxes(*image.shape[:2], count=7)
     one = features.RCNNExtractor(net, blob="spp", mean=MEAN, padding=4, batch_size=100)
     small = features.RCNNExtractor(net, blob="spp", mean=MEAN, padding=4, batch_size=3)
@@ -302,39 +291,39 @@ def test_image_rows_puts_ground_truth_first():
         cache.image_rows([[1, 1, 10, 10]], [3, 1], [True], [], 4)
 
 
-def _run(dataset, net, out, source, **kwargs):
+def _run(tiny_voc_set, net, out, source, **kwargs):
     extractor = features.SPPExtractor(net, scales=(96,), levels=LEVELS, mean=MEAN)
     meta = dict(extractor.describe(), classes=list(SYNTHETIC_CLASSES))
-    return features.cache_features(dataset, source, extractor, out, meta, progress=False,
+    return features.cache_features(tiny_voc_set, source, extractor, out, meta, progress=False,
                                    **kwargs), extractor
 
 
 @pytest.fixture
-def proposal_dir(tmp_path, dataset):
+def proposal_dir(tmp_path, tiny_voc_set):
     """Precomputed proposals (random boxes) for every image, as .npy files."""
     folder = tmp_path / "props"
     folder.mkdir()
-    for k, image_id in enumerate(dataset.image_ids):
-        ann = dataset.annotation(image_id)
+    for k, image_id in enumerate(tiny_voc_set.image_ids):
+        ann = tiny_voc_set.annotation(image_id)
         np.save(folder / f"{image_id}.npy",
                 some_boxes(ann.height, ann.width, count=30, seed=k).astype(np.float32))
     return folder
 
 
-def test_cache_holds_the_contract(tmp_path, dataset, net, proposal_dir):
+def test_cache_holds_the_contract(tmp_path, tiny_voc_set, net, proposal_dir):
     out = tmp_path / "cache"
     source = proposals.ProposalSource(proposal_dir, compute=False)
-    (computed, skipped), extractor = _run(dataset, net, out, source)
-    assert (computed, skipped) == (len(dataset), 0)
-    assert cache.image_ids(out) == sorted(dataset.image_ids)
-    assert sorted(os.listdir(out)) == sorted([f"{i}.npz" for i in dataset.image_ids] +
+    (computed, skipped), extractor = _run(tiny_voc_set, net, out, source)
+    assert (computed, skipped) == (len(tiny_voc_set), 0)
+    assert cache.image_ids(out) == sorted(tiny_voc_set.image_ids)
+    assert sorted(os.listdir(out)) == sorted([f"{i}.npz" for i in tiny_voc_set.image_ids] +
                                              ["meta.json"])
     assert cache.meta(out)["levels"] == list(LEVELS)
     some_difficult = False
-    for image_id in dataset.image_ids:
+    for image_id in tiny_voc_set.image_ids:
         record = cache.load(out, image_id)
         assert sorted(record) == sorted(cache.FIELDS)
-        gt_boxes, labels, difficult = dataset.ground_truth(image_id)
+        gt_boxes, labels, difficult = tiny_voc_set.ground_truth(image_id)
         props = proposals.load_boxes(proposal_dir / f"{image_id}.npy")
         g, r = len(gt_boxes), len(gt_boxes) + len(props)
         shapes = {"boxes": (r, 4), "gt": (r,), "gt_classes": (r,), "overlaps": (r, 5),
@@ -351,19 +340,19 @@ def test_cache_holds_the_contract(tmp_path, dataset, net, proposal_dir):
         np.testing.assert_array_equal(record["overlaps"][:, 0], 0)
         np.testing.assert_allclose(record["overlaps"][np.arange(g), labels + 1], 1.0)
         assert record["overlaps"].max() <= 1.0
-        np.testing.assert_allclose(record["feat"], extractor(dataset.read_image(image_id),
+        np.testing.assert_allclose(record["feat"], extractor(tiny_voc_set.read_image(image_id),
                                                              record["boxes"]).feat)
     assert some_difficult          # the tiny set has difficult objects: the flag was exercised
 
 
-def test_resuming_skips_complete_files_and_redoes_broken_ones(tmp_path, dataset, net,
+def test_resuming_skips_complete_files_and_redoes_broken_ones(tmp_path, tiny_voc_set, net,
                                                              proposal_dir):
     out = tmp_path / "cache"
     source = proposals.ProposalSource(proposal_dir, compute=False)
-    _run(dataset, net, out, source)
-    first, second = dataset.image_ids[:2]
+    _run(tiny_voc_set, net, out, source)
+    first, second = tiny_voc_set.image_ids[:2]
     stamp = os.stat(cache.image_path(out, first)).st_mtime_ns
-    assert _run(dataset, net, out, source)[0] == (0, len(dataset))
+    assert _run(tiny_voc_set, net, out, source)[0] == (0, len(tiny_voc_set))
     assert os.stat(cache.image_path(out, first)).st_mtime_ns == stamp
     with open(cache.image_path(out, first), "r+b") as f:      # a corrupt file
         f.write(b"not a zip file")
@@ -373,11 +362,11 @@ def test_resuming_skips_complete_files_and_redoes_broken_ones(tmp_path, dataset,
     with pytest.raises(cache.CacheError, match="not a readable .npz") as info:
         cache.load(out, first)
     assert cache.image_path(out, first) in str(info.value)
-    assert _run(dataset, net, out, source)[0] == (2, len(dataset) - 2)
+    assert _run(tiny_voc_set, net, out, source)[0] == (2, len(tiny_voc_set) - 2)
     assert cache.is_complete(out, first) and cache.is_complete(out, second)
 
 
-def test_a_failed_write_leaves_no_file(tmp_path, dataset, net, proposal_dir, monkeypatch):
+def test_a_failed_write_leaves_no_file(tmp_path, tiny_voc_set, net, proposal_dir, monkeypatch):
     out = tmp_path / "cache"
     source = proposals.ProposalSource(proposal_dir, compute=False)
 
@@ -386,18 +375,18 @@ def test_a_failed_write_leaves_no_file(tmp_path, dataset, net, proposal_dir, mon
         raise KeyboardInterrupt
     monkeypatch.setattr(np, "savez", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        _run(dataset, net, out, source)
+        _run(tiny_voc_set, net, out, source)
     assert os.listdir(out) == ["meta.json"]
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path, dataset, net, proposal_dir):
+def test_resuming_with_other_settings_is_refused(tmp_path, tiny_voc_set, net, proposal_dir):
     out = tmp_path / "cache"
     source = proposals.ProposalSource(proposal_dir, compute=False)
-    _run(dataset, net, out, source)
+    _run(tiny_voc_set, net, out, source)
     extractor = features.SPPExtractor(net, scales=(64, 96), levels=LEVELS, mean=MEAN)
     meta = dict(extractor.describe(), classes=list(SYNTHETIC_CLASSES))
     with pytest.raises(cache.CacheError, match=r"scales: cache has \[96\], now \[64, 96\]"):
-        features.cache_features(dataset, source, extractor, out, meta, progress=False)
+        features.cache_features(tiny_voc_set, source, extractor, out, meta, progress=False)
 
 
 def test_cache_errors_name_the_path(tmp_path):

@@ -18,12 +18,12 @@ from test_features import LEVELS, MEAN, TINY_CONV, TINY_FULL, some_boxes, tiny_n
 from sppcaffe import backends
 from sppcaffe.blob import Blob
 from sppcaffe.cli import detection_demo, extract_features, test_detection, test_net
-from sppcaffe.detection import cache, detect, features, mapping, voc, window_pool
+from sppcaffe.detection import cache, detect, features, mapping, window_pool
 from sppcaffe.detection.bbox_regression import BBoxRegressor
 from sppcaffe.detection.cache import image_rows
 from sppcaffe.detection.config import DetectConfig
 from sppcaffe.detection.svm import FeatureTransform, SVMModel
-from sppcaffe.detection.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
+from sppcaffe.detection.synthetic import SYNTHETIC_CLASSES
 
 # fc6/fc7 over the tiny conv net's pooled features (6 channels x (4 + 1) bins).
 FC_NET = """name: "tiny fc"
@@ -38,18 +38,6 @@ layer { name: "fc7" type: "InnerProduct" bottom: "fc6" top: "fc7"
 layer { name: "relu_fc7" type: "ReLU" bottom: "fc7" top: "fc7" }
 """
 RTOL, ATOL = 1e-5, 1e-5
-
-
-@pytest.fixture(scope="module")
-def voc_root(tmp_path_factory):
-    """test_features.py's 4-image set."""
-    return make_synthetic_voc(tmp_path_factory.mktemp("voc") / "tiny", num_images=4,
-                              size_range=(80, 120))
-
-
-@pytest.fixture(scope="module")
-def voc_set(voc_root):
-    return voc.VOCDataset(voc_root, "trainval", SYNTHETIC_CLASSES)
 
 
 def gpu_mode_of(function, *args):
@@ -77,10 +65,10 @@ def assert_same_features(got, expected):
 @pytest.mark.parametrize("scales", [(96,), (160, 480)], ids=["1 scale", "2 scales"])
 @pytest.mark.parametrize("pool", window_pool.POOLS)
 @pytest.mark.parametrize("rule", [mapping.PAPER, mapping.RELEASED])
-def test_spp_features_on_the_device_equal_the_cpus(tmp_path, voc_set, scales, pool,
+def test_spp_features_on_the_device_equal_the_cpus(tmp_path, tiny_voc_set, scales, pool,
                                                    rule):
     _, net = tiny_net(tmp_path)
-    image, boxes = image_and_boxes(voc_set)
+    image, boxes = image_and_boxes(tiny_voc_set)
     extractor = features.SPPExtractor(net, scales=scales, levels=LEVELS, pool=pool, mean=MEAN,
                                       mapping_name=rule)
     expected = extractor(image, boxes)
@@ -91,9 +79,9 @@ def test_spp_features_on_the_device_equal_the_cpus(tmp_path, voc_set, scales, po
     assert not got.unique_feat.flags.writeable
 
 
-def test_conv_maps_are_device_copies_that_outlive_the_next_scale(tmp_path, voc_set):
+def test_conv_maps_are_device_copies_that_outlive_the_next_scale(tmp_path, tiny_voc_set):
     _, net = tiny_net(tmp_path)
-    image, _ = image_and_boxes(voc_set)
+    image, _ = image_and_boxes(tiny_voc_set)
     extractor = features.SPPExtractor(net, scales=(96, 160), levels=LEVELS, mean=MEAN)
     expected = extractor.conv_maps(image)
     with on_device(CountingDevice()):
@@ -105,9 +93,9 @@ def test_conv_maps_are_device_copies_that_outlive_the_next_scale(tmp_path, voc_s
 
 
 @pytest.mark.parametrize("conv_on_gpu", [True, False])
-def test_maps_of_one_mode_are_pooled_in_the_other(tmp_path, voc_set, conv_on_gpu):
+def test_maps_of_one_mode_are_pooled_in_the_other(tmp_path, tiny_voc_set, conv_on_gpu):
     _, net = tiny_net(tmp_path)
-    image, boxes = image_and_boxes(voc_set, count=20)
+    image, boxes = image_and_boxes(tiny_voc_set, count=20)
     extractor = features.SPPExtractor(net, scales=(96,), levels=LEVELS, mean=MEAN)
     expected = extractor(image, boxes)
     with on_device(CountingDevice()):
@@ -123,9 +111,9 @@ def test_maps_of_one_mode_are_pooled_in_the_other(tmp_path, voc_set, conv_on_gpu
     assert (got.device is None) == conv_on_gpu
 
 
-def test_no_boxes_give_an_empty_device_store(tmp_path, voc_set):
+def test_no_boxes_give_an_empty_device_store(tmp_path, tiny_voc_set):
     _, net = tiny_net(tmp_path)
-    image, _ = image_and_boxes(voc_set)
+    image, _ = image_and_boxes(tiny_voc_set)
     extractor = features.SPPExtractor(net, scales=(96,), levels=LEVELS, mean=MEAN)
     got = gpu_mode_of(extractor, image, np.zeros((0, 4)))
     assert got.unique_feat.shape == (0, 30) and got.feat.shape == (0, 30)
@@ -133,9 +121,9 @@ def test_no_boxes_give_an_empty_device_store(tmp_path, voc_set):
 
 
 @pytest.mark.parametrize("batch_size", [3, 100])
-def test_rcnn_features_on_the_device_equal_the_cpus(tmp_path, voc_set, batch_size):
+def test_rcnn_features_on_the_device_equal_the_cpus(tmp_path, tiny_voc_set, batch_size):
     _, net = tiny_net(tmp_path, TINY_FULL, "full.prototxt")
-    image, boxes = image_and_boxes(voc_set, count=6)
+    image, boxes = image_and_boxes(tiny_voc_set, count=6)
     extractor = features.RCNNExtractor(net, blob="spp", mean=MEAN, padding=4,
                                        batch_size=batch_size)
     assert_same_features(gpu_mode_of(extractor, image, boxes), extractor(image, boxes))
@@ -144,7 +132,7 @@ def test_rcnn_features_on_the_device_equal_the_cpus(tmp_path, voc_set, batch_siz
 # ---- scoring: fc6/fc7 fed on the device ----------------------------------------------
 
 @pytest.fixture
-def detector(tmp_path, voc_set):
+def detector(tmp_path, tiny_voc_set):
     """(SPP extractor, SVMs on fc7, their transform, an entry maker)."""
     _, conv = tiny_net(tmp_path)
     _, fc = tiny_net(tmp_path, FC_NET, "fc.prototxt", seed=5)
@@ -162,9 +150,9 @@ def detector(tmp_path, voc_set):
     return extractor, model, transform, entry
 
 
-def test_fc_scores_of_device_features_equal_the_cpus(detector, voc_set):
+def test_fc_scores_of_device_features_equal_the_cpus(detector, tiny_voc_set):
     extractor, model, transform, entry = detector
-    image, boxes = image_and_boxes(voc_set)
+    image, boxes = image_and_boxes(tiny_voc_set)
     cached = entry(image, boxes, extractor(image, boxes).feat)     # what a cache holds
     rows = detect.proposal_rows(cached)
     expected = detect.SVMScorer(model, transform)(cached, rows)
@@ -176,9 +164,9 @@ def test_fc_scores_of_device_features_equal_the_cpus(detector, voc_set):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_device_features_scored_back_in_cpu_mode(detector, voc_set):
+def test_device_features_scored_back_in_cpu_mode(detector, tiny_voc_set):
     extractor, model, transform, entry = detector
-    image, boxes = image_and_boxes(voc_set, count=20)
+    image, boxes = image_and_boxes(tiny_voc_set, count=20)
     expected = detect.SVMScorer(model, transform)(entry(image, boxes, extractor(image, boxes)),
                                                   np.arange(2, len(boxes)))
     with on_device(CountingDevice()):
@@ -187,9 +175,9 @@ def test_device_features_scored_back_in_cpu_mode(detector, voc_set):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_detect_image_on_device_features_equals_cpu(detector, voc_set):
+def test_detect_image_on_device_features_equals_cpu(detector, tiny_voc_set):
     extractor, model, transform, entry = detector
-    image, boxes = image_and_boxes(voc_set)
+    image, boxes = image_and_boxes(tiny_voc_set)
     rng = np.random.default_rng(8)
     regressor = BBoxRegressor(["a", "b", "c"], rng.normal(0, 0.01, (3, 31, 4)).astype(np.float32),
                               np.zeros((3, 4)), np.tile(np.eye(4), (3, 1, 1)), 1.0,
@@ -219,9 +207,9 @@ class SizeCountingDevice(CountingDevice):
         super().upload(ptr, array)
 
 
-def test_pooling_and_fc_copy_nothing_to_the_host_until_read(detector, voc_set):
+def test_pooling_and_fc_copy_nothing_to_the_host_until_read(detector, tiny_voc_set):
     extractor, model, transform, _ = detector
-    image, boxes = image_and_boxes(voc_set)
+    image, boxes = image_and_boxes(tiny_voc_set)
     with on_device(SizeCountingDevice()) as device:
         extractor(image, boxes)                     # kernels built, weights uploaded
         list(transform.outputs(extractor(image, boxes).device))
@@ -297,18 +285,18 @@ def _same_caches(cpu_dir, gpu_dir):
     assert meta_gpu == meta_cpu
 
 
-def test_spp_and_rcnn_subcommands_on_the_gpu_write_the_cpus_cache(tmp_path, voc_root, host_gpu):
+def test_spp_and_rcnn_subcommands_on_the_gpu_write_the_cpus_cache(tmp_path, tiny_voc, host_gpu):
     conv, conv_weights, _ = saved_net(tmp_path, TINY_CONV, "conv")
     cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
-    assert extract_features.main(spp_args(voc_root, conv, conv_weights, cpu, "--max-boxes", "40",
+    assert extract_features.main(spp_args(tiny_voc, conv, conv_weights, cpu, "--max-boxes", "40",
                                           "--scales", "96,160")) == 0
     searched = ["--proposals", str(cpu / "proposals"), "--no-search"]
-    assert extract_features.main(spp_args(voc_root, conv, conv_weights, gpu, "--scales",
+    assert extract_features.main(spp_args(tiny_voc, conv, conv_weights, gpu, "--scales",
                                           "96,160", "--gpu", "0", *searched)) == 0
     assert not backends.gpu_mode()
     _same_caches(cpu, gpu)
     full, full_weights, _ = saved_net(tmp_path, TINY_FULL, "full")
-    rcnn = ["rcnn", "--dataset", str(voc_root), "--net", full, "--weights", full_weights,
+    rcnn = ["rcnn", "--dataset", str(tiny_voc), "--net", full, "--weights", full_weights,
             "--mean-value", "100", "--padding", "4", "--batch-size", "16", "--no-progress",
             "--limit", "2", *searched]
     assert extract_features.main(rcnn + ["--out", str(tmp_path / "rcnn_cpu")]) == 0
@@ -349,13 +337,13 @@ def test_caffe_form_device_id_errors(tmp_path, capsys, argv, message):
     assert not (tmp_path / "db").exists()
 
 
-def test_test_detection_on_the_gpu_equals_the_cpu(tmp_path, voc_root, host_gpu):
+def test_test_detection_on_the_gpu_equals_the_cpu(tmp_path, tiny_voc, host_gpu):
     """SVMs on fc7 of a small cache: the APs of test_detection and of
     test_net --detection with --gpu 0 are the CPU's."""
     conv, conv_weights, _ = saved_net(tmp_path, TINY_CONV, "conv")
     cache_dir = tmp_path / "cache"
     assert extract_features.main(
-        ["spp", "--dataset", str(voc_root), "--split", "trainval", "--net", conv,
+        ["spp", "--dataset", str(tiny_voc), "--split", "trainval", "--net", conv,
          "--weights", conv_weights, "--out", str(cache_dir), "--scales", "96",
          "--levels", "2,1", "--mean-value", ",".join(map(str, MEAN)), "--no-progress",
          "--max-boxes", "40"]) == 0
@@ -366,7 +354,7 @@ def test_test_detection_on_the_gpu_equals_the_cpu(tmp_path, voc_root, host_gpu):
     svms = tmp_path / "svms.npz"
     SVMModel(list(SYNTHETIC_CLASSES), rng.standard_normal((8, 4)).astype(np.float32),
              rng.standard_normal(4).astype(np.float32), "fc7", 0.5, fc_path, fc_weights).save(svms)
-    common = ["--cache", str(cache_dir), "--svms", str(svms), "--dataset", str(voc_root),
+    common = ["--cache", str(cache_dir), "--svms", str(svms), "--dataset", str(tiny_voc),
               "--split", "trainval"]
     results = {}
     for name, tool, extra in (
