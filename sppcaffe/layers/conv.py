@@ -323,15 +323,21 @@ class ConvolutionLayer(Layer):
                 if (lo, hi) == (0, n):
                     self._dev_cols_of = (i, col)
 
-    def _forward_pointwise_gpu(self, x, w, bias, y):
-        # Each image's (C, P) block is its column matrix: one product per
-        # group, batched over the images, writes the top directly.
-        n, c, p, o = self._sizes()
-        cg, og = c // self.group, o // self.group
+    def _pointwise_products_gpu(self, transpose_w, w, src, src_channels, dst, dst_channels):
+        """dst = W src (or W^T src) image by image, for a 1x1 convolution:
+        each image's (channels, P) block is its own column matrix, so one
+        product per group, batched over the images, writes dst directly."""
+        n, _, p, _ = self._sizes()
+        sg, dg = src_channels // self.group, dst_channels // self.group
         blas = gpu.blas()
         for g in range(self.group):
-            blas.gemm_strided_batched(False, False, og, p, cg, 1.0, w + 4 * g * og * cg, 0,
-                                      x + 4 * g * cg * p, c * p, 0.0, y + 4 * g * og * p, o * p, n)
+            blas.gemm_strided_batched(transpose_w, False, dg, p, sg, 1.0, w + 4 * g * sg * dg, 0,
+                                      src + 4 * g * sg * p, src_channels * p, 0.0,
+                                      dst + 4 * g * dg * p, dst_channels * p, n)
+
+    def _forward_pointwise_gpu(self, x, w, bias, y):
+        n, c, p, o = self._sizes()
+        self._pointwise_products_gpu(False, w, x, c, y, o)
         if self.bias_term:
             gpu.kernel("conv_add_bias")(n * o * p, n * o * p, y, bias, o, p)
 
@@ -386,9 +392,5 @@ class ConvolutionLayer(Layer):
         blas.gemv(True, n, o, 1.0, per_image, ones, 1.0, self.blobs[1].mutable_gpu_diff)
 
     def _backward_pointwise_gpu(self, dy, w, dx):
-        n, c, p, o = self._sizes()
-        cg, og = c // self.group, o // self.group
-        blas = gpu.blas()
-        for g in range(self.group):
-            blas.gemm_strided_batched(True, False, cg, p, og, 1.0, w + 4 * g * og * cg, 0,
-                                      dy + 4 * g * og * p, o * p, 0.0, dx + 4 * g * cg * p, c * p, n)
+        _, c, _, o = self._sizes()
+        self._pointwise_products_gpu(True, w, dy, o, dx, c)

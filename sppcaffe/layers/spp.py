@@ -88,7 +88,7 @@ class SPPLayer(MapPoolingLayer):
         length = geometry.pyramid_output_length(self.levels, c)
         self._top_shape = (n, c, 1, 1) if self.bvlc_single_level else (n, length)
         self._argmax = [None] * len(self.levels)
-        self._tables = device_pool.bin_tables(self._bins, c)    # uploaded when first used
+        self._tables = None         # the device's bin tables, made when first needed
 
     def _warn_uncovered(self, h, w):
         if self._warned:
@@ -126,12 +126,18 @@ class SPPLayer(MapPoolingLayer):
                 ave_pool_bins_backward(g, rows, cols, dx)
 
     # ---- device code: one launch for all levels ----------------------------------
+    def _device_bins_for(self, bottom):
+        """The bins of _plan as device tables (uploaded when they change)."""
+        if self._tables is None:
+            self._tables = device_pool.bin_tables(self._bins, bottom[0].channels)
+        return self._device_bins.load(self._tables)
+
     def _device_argmax(self, bottom):
         return self._dev.get("argmax", 4 * bottom[0].num * self._tables.row_length)
 
     def forward_gpu(self, bottom, top):
         _, c, h, w = bottom[0].shape
-        bins = self._device_bins.load(self._tables)
+        bins = self._device_bins_for(bottom)
         pool = device_pool.MAX if self.is_max else device_pool.AVE
         argmax = self._device_argmax(bottom) if self.is_max else 0
         device_pool.pool_forward(bins, pool, bottom[0].gpu_data, (c, h, w), bottom[0].num,
@@ -140,7 +146,7 @@ class SPPLayer(MapPoolingLayer):
     def backward_gpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        bins = self._device_bins.load(self._tables)
+        bins = self._device_bins_for(bottom)
         pool = device_pool.MAX if self.is_max else device_pool.AVE
         argmax = self._device_argmax(bottom) if self.is_max else 0
         device_pool.pool_backward_shared(bins, pool, top[0].gpu_diff, argmax, bottom[0].shape,

@@ -147,13 +147,15 @@ class SGDSolver(Solver):
     def _local_rate(self, i, rate):
         return F32(rate) * F32(self.net.params_lr[i])
 
-    def _device_args(self, i, *history_sets):
-        """(count, gradient ptr, history ptrs...) of param i for a kernel;
-        `history_sets` picks the sets (0: history[i], 1: history[N + i])."""
+    def compute_update_value_gpu(self, i, rate):
+        """The rule as one kernel (kernels/solvers.cu) over param i:
+        (n, gradient, each history set of the param, the rule's constants)."""
         p = self.net.learnable_params[i]
         n = len(self.net.learnable_params)
-        return (p.count, p.mutable_gpu_diff,
-                *(self.history_blobs[k * n + i].mutable_gpu_data for k in history_sets))
+        history = [self.history_blobs[k * n + i].mutable_gpu_data
+                   for k in range(self.history_sets)]
+        gpu.kernel(self.gpu_kernel)(p.count, p.count, p.mutable_gpu_diff, *history,
+                                    *(float(c) for c in self._gpu_constants(i, rate)))
 
     def compute_update_value(self, i, rate):
         g = self.net.learnable_params[i].diff
@@ -163,10 +165,10 @@ class SGDSolver(Solver):
         h += scaled
         g[...] = h
 
-    def compute_update_value_gpu(self, i, rate):
-        count, g, h = self._device_args(i, 0)
-        gpu.kernel("solver_sgd_update")(count, count, g, h, float(self.param.momentum),
-                                        float(self._local_rate(i, rate)))
+    gpu_kernel = "solver_sgd_update"
+
+    def _gpu_constants(self, i, rate):
+        return self.param.momentum, self._local_rate(i, rate)
 
 
 class NesterovSolver(SGDSolver):
@@ -187,10 +189,7 @@ class NesterovSolver(SGDSolver):
         previous += scratch
         g[...] = previous
 
-    def compute_update_value_gpu(self, i, rate):
-        count, g, h = self._device_args(i, 0)
-        gpu.kernel("solver_nesterov_update")(count, count, g, h, float(self.param.momentum),
-                                             float(self._local_rate(i, rate)))
+    gpu_kernel = "solver_nesterov_update"        # the constants are SGD's
 
 
 class AdaGradSolver(SGDSolver):
@@ -211,10 +210,10 @@ class AdaGradSolver(SGDSolver):
         np.divide(g, u, out=u)
         np.multiply(u, self._local_rate(i, rate), out=g)
 
-    def compute_update_value_gpu(self, i, rate):
-        count, g, h = self._device_args(i, 0)
-        gpu.kernel("solver_adagrad_update")(count, count, g, h, float(self.param.delta),
-                                            float(self._local_rate(i, rate)))
+    gpu_kernel = "solver_adagrad_update"
+
+    def _gpu_constants(self, i, rate):
+        return self.param.delta, self._local_rate(i, rate)
 
 
 class RMSPropSolver(SGDSolver):
@@ -242,11 +241,10 @@ class RMSPropSolver(SGDSolver):
         np.divide(g, u, out=u)
         np.multiply(u, self._local_rate(i, rate), out=g)
 
-    def compute_update_value_gpu(self, i, rate):
-        count, g, h = self._device_args(i, 0)
-        gpu.kernel("solver_rmsprop_update")(count, count, g, h, float(self.param.rms_decay),
-                                            float(self.param.delta),
-                                            float(self._local_rate(i, rate)))
+    gpu_kernel = "solver_rmsprop_update"
+
+    def _gpu_constants(self, i, rate):
+        return self.param.rms_decay, self.param.delta, self._local_rate(i, rate)
 
 
 class AdaDeltaSolver(SGDSolver):
@@ -279,12 +277,10 @@ class AdaDeltaSolver(SGDSolver):
         steps += u
         g *= self._local_rate(i, rate)
 
-    def compute_update_value_gpu(self, i, rate):
-        count, g, grads, steps = self._device_args(i, 0, 1)
-        gpu.kernel("solver_adadelta_update")(count, count, g, grads, steps,
-                                             float(self.param.momentum),
-                                             float(self.param.delta),
-                                             float(self._local_rate(i, rate)))
+    gpu_kernel = "solver_adadelta_update"
+
+    def _gpu_constants(self, i, rate):
+        return self.param.momentum, self.param.delta, self._local_rate(i, rate)
 
 
 class AdamSolver(SGDSolver):
@@ -320,12 +316,11 @@ class AdamSolver(SGDSolver):
         correction = F32(math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
         return self._local_rate(i, rate) * correction
 
-    def compute_update_value_gpu(self, i, rate):
-        count, g, m, v = self._device_args(i, 0, 1)
-        gpu.kernel("solver_adam_update")(count, count, g, m, v, float(self.param.momentum),
-                                         float(self.param.momentum2),
-                                         float(self.param.delta),
-                                         float(self._step_rate(i, rate)))
+    gpu_kernel = "solver_adam_update"
+
+    def _gpu_constants(self, i, rate):
+        return (self.param.momentum, self.param.momentum2, self.param.delta,
+                self._step_rate(i, rate))
 
 
 SOLVER_TYPES = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver,
