@@ -1,17 +1,38 @@
 """Whole nets against BVLC Caffe: every blob's data and diff, every
 parameter and gradient (fixtures made by the real Caffe)."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
 import sppcaffe
 from golden_util import DATA_TOL, DIFF_TOL, assert_close, case_path, load_expected
 
-NET_CASES = ["conv", "pool", "spp_caffe", "lrn", "fc_act", "loss", "graph", "zf5_spp_small"]
+CORE_CASES = ["conv", "pool", "spp_caffe", "lrn", "fc_act", "loss", "graph", "zf5_spp_small"]
+# The rest of Caffe's layer catalogue (tests/golden/README.md).
+CATALOGUE_CASES = ["deconv_crop", "batchnorm_train", "batchnorm_test", "activations_more",
+                   "structure_more", "losses_more", "embed_recurrent", "python_layer",
+                   "resnet_block", "fcn_small"]
+NET_CASES = CORE_CASES + CATALOGUE_CASES
+
+
+def case_phase(case):
+    """TEST unless the fixture's `phase` file says TRAIN."""
+    path = case_path(case, "phase")
+    if os.path.exists(path):
+        with open(path) as f:
+            return sppcaffe.TRAIN if f.read().strip() == "TRAIN" else sppcaffe.TEST
+    return sppcaffe.TEST
 
 
 def run_case(case):
     expected = load_expected(case)
-    net = sppcaffe.Net(case_path(case, "net.prototxt"), sppcaffe.TEST,
+    # Python layers' modules sit beside the net, as Caffe finds them on sys.path.
+    folder = case_path(case)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    net = sppcaffe.Net(case_path(case, "net.prototxt"), case_phase(case),
                        weights=case_path(case, "weights.caffemodel"))
     inputs = {k.split("/", 1)[1]: v for k, v in expected.items() if k.startswith("input/")}
     net.forward(**inputs)

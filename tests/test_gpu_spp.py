@@ -9,7 +9,7 @@ import pytest
 from gpu_check import compare_cpu_gpu
 from gradient_check import layer_param
 from sppcaffe import spp_geometry as geometry
-from sppcaffe.backends.gpu import window_pool as device_pool
+from sppcaffe.layers import window_pool_device as device_pool
 from sppcaffe.blob import Blob
 from sppcaffe.layer import create_layer
 from sppcaffe.proto import caffe_pb2

@@ -1,13 +1,13 @@
 """Window pooling on the device: the WindowSPP layer's device code against
 its host code (batches, duplicate windows, MAX/AVE, ties, backward after a
-host forward), and backends.gpu.window_pool.pool_windows, the function the
+host forward), and layers.window_pool_device.pool_windows, the function the
 detection pipeline calls in GPU mode, against detection.window_pool."""
 import numpy as np
 import pytest
 
 from gpu_check import compare_cpu_gpu
 from gradient_check import layer_param
-from sppcaffe.backends.gpu import window_pool as device_pool
+from sppcaffe.layers import window_pool_device as device_pool
 from sppcaffe.blob import Blob
 from sppcaffe.detection import window_pool as host_pool
 from sppcaffe.layer import create_layer

@@ -21,7 +21,7 @@ per-image cache of sppcaffe.detection.cache.
 
 GPU mode (``sppcaffe.set_mode_gpu()``): the nets run on the device, and so
 does what follows them.  SPP mode keeps a device copy of each scale's conv
-map and pools every window there (backends/gpu/window_pool.py) into one
+map and pools every window there (layers/window_pool_device.py) into one
 device Blob for all scales; R-CNN mode copies each batch's features into
 such a Blob.  ``WindowFeatures`` then holds that Blob, and the fc layers
 that score the windows (sppcaffe.detection.svm.FeatureTransform) read it
@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import backends, io
 from ..backends import gpu
-from ..backends.gpu import window_pool as device_pool
+from ..layers import window_pool_device as device_pool
 from ..blob import Blob
 from . import cache, mapping, window_pool
 

@@ -115,7 +115,7 @@ def axis_bins(first, last, n, map_size):
     """(R, n) starts and ends (exclusive) of the n adaptive bins of each
     window [first, last] (inclusive cells, int arrays (R,)) along one axis
     of a map of `map_size` cells: the bins every pooling of windows uses,
-    on the host and on the device (backends/gpu/window_pool.py)."""
+    on the host and on the device (layers/window_pool_device.py)."""
     starts, ends = _bin_table(map_size, n)
     size = last - first + 1
     return first[:, None] + starts[size], first[:, None] + ends[size]

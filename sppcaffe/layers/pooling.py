@@ -17,7 +17,7 @@ gradients through it for either family.  Backward functions ADD into the
 
 PoolingLayer's device code runs Caffe's kernels (kernels/pooling.cu) with the
 geometry planned here; SPP and window pooling reach the bin kernels of the
-same file through sppcaffe.backends.gpu.window_pool.
+same file through sppcaffe.layers.window_pool_device.
 """
 import numpy as np
 

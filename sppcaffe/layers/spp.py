@@ -16,7 +16,7 @@ explicit list only when it is exactly that (BVLC can pool nothing else).
 
 All methods run through the per-axis bin kernels of sppcaffe.layers.pooling
 (one code path; the bins decide the method); on the GPU the same bins,
-packed into tables (sppcaffe.backends.gpu.window_pool), drive one kernel.
+packed into tables (sppcaffe.layers.window_pool_device), drive one kernel.
 """
 import warnings
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import spp_geometry as geometry
 from ..backends import gpu
-from ..backends.gpu import window_pool as device_pool
+from . import window_pool_device as device_pool
 from ..layer import register
 from ..proto import caffe_pb2
 from .pooling import (MapPoolingLayer, ave_pool_bins, ave_pool_bins_backward, max_pool_backward,

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import spp_geometry as geometry
 from ..backends import gpu
-from ..backends.gpu import window_pool as device_pool
+from . import window_pool_device as device_pool
 from ..detection import mapping, window_pool
 from ..layer import Layer, register
 from ..proto import caffe_pb2

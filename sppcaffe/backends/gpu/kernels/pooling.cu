@@ -142,7 +142,7 @@ extern "C" __global__ void pool_ave_backward(int count, const float* dy, int cha
 // ---- bins given by tables (SPP, window pooling) ----------------------------
 // Output: one row of `row_length` = C * sum(nh * nw) values per box (an image
 // for SPP, a window for window pooling): each level flattened (channel, row,
-// column), levels concatenated.  Tables (see sppcaffe/backends/gpu/window_pool.py):
+// column), levels concatenated.  Tables (see sppcaffe/layers/window_pool_device.py):
 //   levels[4 * l ..]: the level's first column in the row, nh, nw, and the
 //                     offset of its bins within the box's bin table;
 //   bins + box * bins_per_box + offset: row starts[nh], row ends[nh], row

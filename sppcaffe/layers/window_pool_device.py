@@ -19,11 +19,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ...blob import Blob
-from ...detection import window_pool as host_pool
-from ...spp_geometry import Bins
-from .. import current_device
-from . import Workspace, blas, kernel
+from ..backends import current_device
+from ..backends.gpu import Workspace, blas, kernel
+from ..blob import Blob
+from ..detection import window_pool as host_pool
+from ..spp_geometry import Bins
 
 MAX, AVE = host_pool.MAX, host_pool.AVE
 _INT32_MAX = 2 ** 31 - 1
