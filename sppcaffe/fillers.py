@@ -84,9 +84,11 @@ def _bilinear(p, shape, rng):
     # Upsampling kernel for deconvolution: a separable tent per channel.
     if len(shape) != 4 or shape[2] != shape[3]:
         raise ValueError(f"bilinear filler needs a 4-d blob with square kernels, got {shape}")
-    f = np.ceil(shape[3] / 2.0)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
-    ramp = 1 - np.abs(np.arange(shape[3]) / f - c)
+    # Caffe computes in float (c rounded once from double), so every value
+    # is reproduced bit for bit, not just to within an ulp.
+    f = int(np.ceil(shape[3] / 2.0))
+    c = F32((2 * f - 1 - f % 2) / (2.0 * f))
+    ramp = F32(1) - np.abs(np.arange(shape[3], dtype=F32) / F32(f) - c)
     return np.broadcast_to(np.outer(ramp, ramp), shape)
 
 

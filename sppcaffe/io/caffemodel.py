@@ -90,6 +90,10 @@ def legacy_shape(shape):
 def blob_matches(blob, shape):
     """Caffe's Blob::ShapeEquals: a legacy 4-d proto matches by its last axes."""
     if blob.HasField("shape") or not any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        # Caffe writes a 0-axis blob (a channel-shared PReLU slope) with no
+        # shape at all, and reads a shapeless proto as 0-axis.
+        if not blob.HasField("shape") and tuple(shape) == ():
+            return True
         return blob_shape(blob) == tuple(shape)
     return legacy_shape(shape) == (blob.num, blob.channels, blob.height, blob.width)
 

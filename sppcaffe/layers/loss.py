@@ -1,7 +1,9 @@
 """Softmax, the loss layers (SoftmaxWithLoss, EuclideanLoss) and Accuracy.
 
 A loss layer's top is a 0-axis blob; the net writes the loss weight into
-its diff before backward, and backward scales the gradient by it.
+its diff before backward, and backward scales the gradient by it.  The
+helpers here (softmax, label bookkeeping, normalization, device sums) also
+serve the loss layers of loss_more.py.
 """
 import numpy as np
 
@@ -14,7 +16,7 @@ from ..proto import caffe_pb2
 FLT_MIN = np.finfo(DTYPE).tiny
 
 
-def _softmax(x, axis, out):
+def softmax(x, axis, out):
     """Numerically stable softmax along `axis` (max subtracted first, as
     Caffe does); `out` may be `x`."""
     peak = x.max(axis=axis, keepdims=True)
@@ -23,19 +25,19 @@ def _softmax(x, axis, out):
     out /= out.sum(axis=axis, keepdims=True)
 
 
-def _split_at(shape, axis):
+def split_at(shape, axis):
     """(outer, classes, inner): Caffe's outer_num_ x channels x inner_num_
     layout around the softmax axis."""
     return int(np.prod(shape[:axis])), int(shape[axis]), int(np.prod(shape[axis + 1:]))
 
 
-def _as_3d(array, axis):
+def as_3d(array, axis):
     """(outer, classes, inner) view of a contiguous array."""
-    return array.reshape(_split_at(array.shape, axis))
+    return array.reshape(split_at(array.shape, axis))
 
 
 # ---- device helpers (kernels/softmax.cu, kernels/loss.cu) --------------------
-def _softmax_gpu(x, y, outer, channels, inner, scratch):
+def softmax_gpu(x, y, outer, channels, inner, scratch):
     """Softmax of the device array at `x` into `y` (may be `x`), in Caffe's
     steps; `scratch` (a gpu.Workspace) holds the per-position max, then sum."""
     positions, count = outer * inner, outer * channels * inner
@@ -46,7 +48,7 @@ def _softmax_gpu(x, y, outer, channels, inner, scratch):
     gpu.kernel("softmax_channel_div")(count, count, channels, inner, per_position, y)
 
 
-class _DeviceSums:
+class DeviceSums:
     """Row sums of a packed (rows, n) device matrix, left on the device: a
     gemv with a ones vector, so a loss never waits for the host."""
 
@@ -60,7 +62,7 @@ class _DeviceSums:
         return sums
 
 
-class _LabelledPredictions:
+class LabelledPredictions:
     """Shared bookkeeping of SoftmaxWithLoss and Accuracy: one integer label
     per (outer, inner) position of the predictions, some possibly ignored."""
 
@@ -68,9 +70,9 @@ class _LabelledPredictions:
         self.layer = layer
         self.ignore_label = ignore_label          # None: no label is ignored
 
-    def reshape(self, predictions, labels, axis):
-        """Fix the class axis and the (outer, inner) grid of positions."""
-        shape = predictions.shape
+    def reshape(self, shape, labels, axis):
+        """Fix the class axis of predictions of `shape` and the (outer,
+        inner) grid of positions."""
         self.axis = canonical_axis(self.layer, axis, shape)
         self.outer = int(np.prod(shape[:self.axis]))
         self.inner = int(np.prod(shape[self.axis + 1:]))
@@ -95,8 +97,13 @@ class _LabelledPredictions:
         return labels, valid, np.where(valid, labels, 0)
 
     def kernel_ignore_args(self):
-        """(has_ignore, ignore_label) as the kernels take them."""
-        return (0, 0) if self.ignore_label is None else (1, int(self.ignore_label))
+        return kernel_ignore_args(self.ignore_label)
+
+
+def kernel_ignore_args(ignore):
+    """(has_ignore, ignore_label) as the kernels take them; `ignore` is None
+    when no label is ignored."""
+    return (0, 0) if ignore is None else (1, int(ignore))
 
 
 @register("Softmax")
@@ -112,7 +119,7 @@ class SoftmaxLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
-        _softmax(bottom[0].data, self.axis, top[0].data)
+        softmax(bottom[0].data, self.axis, top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -120,19 +127,19 @@ class SoftmaxLayer(Layer):
         y, dy = top[0].data, top[0].diff
         # dx = (dy - <dy, y>) * y; the dot is taken before dx (maybe dy)
         # is written.
-        dot = np.einsum("ijk,ijk->ik", _as_3d(dy, self.axis), _as_3d(y, self.axis))
-        dx3 = _as_3d(bottom[0].diff, self.axis)
-        np.subtract(_as_3d(dy, self.axis), dot[:, None, :], out=dx3)
-        dx3 *= _as_3d(y, self.axis)
+        dot = np.einsum("ijk,ijk->ik", as_3d(dy, self.axis), as_3d(y, self.axis))
+        dx3 = as_3d(bottom[0].diff, self.axis)
+        np.subtract(as_3d(dy, self.axis), dot[:, None, :], out=dx3)
+        dx3 *= as_3d(y, self.axis)
 
     def forward_gpu(self, bottom, top):
-        _softmax_gpu(bottom[0].gpu_data, top[0].mutable_gpu_data,
-                     *_split_at(bottom[0].shape, self.axis), self._dev)
+        softmax_gpu(bottom[0].gpu_data, top[0].mutable_gpu_data,
+                    *split_at(bottom[0].shape, self.axis), self._dev)
 
     def backward_gpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        outer, channels, inner = _split_at(top[0].shape, self.axis)
+        outer, channels, inner = split_at(top[0].shape, self.axis)
         positions, count = outer * inner, top[0].count
         y, dy = top[0].gpu_data, top[0].gpu_diff
         dot = self._dev.floats("dot", positions)
@@ -141,7 +148,37 @@ class SoftmaxLayer(Layer):
                                              bottom[0].mutable_gpu_diff)
 
 
-class _LossLayer(Layer):
+def ignore_label(param):
+    """loss_param.ignore_label, or None when no label is ignored."""
+    lp = param.loss_param
+    return lp.ignore_label if lp.HasField("ignore_label") else None
+
+
+def normalization_mode(param, default):
+    """loss_param's normalization: the explicit mode, else the legacy
+    `normalize` flag (true: VALID, false: BATCH_SIZE), else `default`,
+    which differs between Caffe's loss layers."""
+    lp, modes = param.loss_param, caffe_pb2.LossParameter
+    if lp.HasField("normalization"):
+        return lp.normalization
+    if lp.HasField("normalize"):
+        return modes.VALID if lp.normalize else modes.BATCH_SIZE
+    return default
+
+
+def normalizer(mode, outer, inner, valid_count):
+    """Caffe's LossLayer::GetNormalizer over `outer` x `inner` predictions,
+    `valid_count` of them labelled; at least 1, so that a batch whose
+    labels are all ignored gives 0, not NaN."""
+    modes = caffe_pb2.LossParameter
+    value = {modes.FULL: outer * inner,
+             modes.VALID: valid_count,
+             modes.BATCH_SIZE: outer,
+             modes.NONE: 1}[mode]
+    return max(1.0, float(value))
+
+
+class LossLayer(Layer):
     """Caffe's LossLayer: predictions and targets share their first axis,
     the loss top is a scalar and the label input gets no gradient."""
     is_loss = True
@@ -163,7 +200,7 @@ class _LossLayer(Layer):
 
 
 @register("SoftmaxWithLoss")
-class SoftmaxWithLossLayer(_LossLayer):
+class SoftmaxWithLossLayer(LossLayer):
     """Multinomial logistic loss of the softmax of bottom[0] for the labels
     in bottom[1]; an optional second top gets the probabilities."""
     exact_num_top = None
@@ -171,41 +208,28 @@ class SoftmaxWithLossLayer(_LossLayer):
     max_num_top = 2
 
     def layer_setup(self, bottom, top):
-        lp = self.param.loss_param
-        ignore = lp.ignore_label if lp.HasField("ignore_label") else None
-        self.targets = _LabelledPredictions(self, ignore)
-        if not lp.HasField("normalization") and lp.HasField("normalize"):
-            self.normalization = caffe_pb2.LossParameter.VALID if lp.normalize \
-                else caffe_pb2.LossParameter.BATCH_SIZE
-        else:
-            self.normalization = lp.normalization
+        self.targets = LabelledPredictions(self, ignore_label(self.param))
+        self.normalization = normalization_mode(self.param, caffe_pb2.LossParameter.VALID)
         self._prob = np.empty(0, DTYPE)
         self._dev = gpu.Workspace()         # device prob, per-position terms, sums
-        self._sums = _DeviceSums(self._dev)
+        self._sums = DeviceSums(self._dev)
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
-        self.targets.reshape(bottom[0], bottom[1], self.param.softmax_param.axis)
+        self.targets.reshape(bottom[0].shape, bottom[1], self.param.softmax_param.axis)
         if self._prob.shape != bottom[0].shape:
             self._prob = np.empty(bottom[0].shape, DTYPE)
         if len(top) > 1:
             top[1].reshape(bottom[0].shape)
 
     def normalizer(self, valid_count):
-        """Caffe's LossLayer::GetNormalizer; at least 1, so that a batch
-        whose labels are all ignored gives 0, not NaN."""
-        modes, t = caffe_pb2.LossParameter, self.targets
-        value = {modes.FULL: t.outer * t.inner,
-                 modes.VALID: valid_count,
-                 modes.BATCH_SIZE: t.outer,
-                 modes.NONE: 1}[self.normalization]
-        return max(1.0, float(value))
+        return normalizer(self.normalization, self.targets.outer, self.targets.inner, valid_count)
 
     def forward(self, bottom, top):
         axis = self.targets.axis
-        _softmax(bottom[0].data, axis, self._prob)
+        softmax(bottom[0].data, axis, self._prob)
         _, valid, safe = self.targets.read(bottom[1].data)
-        picked = np.take_along_axis(_as_3d(self._prob, axis), safe[:, None, :], axis=1)[:, 0, :]
+        picked = np.take_along_axis(as_3d(self._prob, axis), safe[:, None, :], axis=1)[:, 0, :]
         loss = -np.log(np.maximum(picked[valid], FLT_MIN), dtype=np.float64).sum()
         self._valid = valid
         self._safe = safe
@@ -224,7 +248,7 @@ class SoftmaxWithLossLayer(_LossLayer):
             return
         dx = bottom[0].diff
         np.copyto(dx, self._prob)
-        dx3 = _as_3d(dx, self.targets.axis)
+        dx3 = as_3d(dx, self.targets.axis)
         outer_idx, inner_idx = np.nonzero(self._valid)
         dx3[outer_idx, self._safe[outer_idx, inner_idx], inner_idx] -= 1
         if not self._valid.all():
@@ -235,7 +259,7 @@ class SoftmaxWithLossLayer(_LossLayer):
         t = self.targets
         positions = t.outer * t.inner
         prob = self._dev.floats("prob", bottom[0].count)
-        _softmax_gpu(bottom[0].gpu_data, prob, t.outer, t.num_classes, t.inner, self._dev)
+        softmax_gpu(bottom[0].gpu_data, prob, t.outer, t.num_classes, t.inner, self._dev)
         terms = self._dev.floats("terms", 2 * positions)      # losses, then counted flags
         gpu.kernel("softmax_loss_forward")(positions, positions, t.num_classes, t.inner, prob,
                                            bottom[1].gpu_data, *t.kernel_ignore_args(), terms)
@@ -260,13 +284,13 @@ class SoftmaxWithLossLayer(_LossLayer):
 
 
 @register("EuclideanLoss")
-class EuclideanLossLayer(_LossLayer):
+class EuclideanLossLayer(LossLayer):
     """sum((a - b)^2) / (2 N); both inputs may receive a gradient."""
 
     def layer_setup(self, bottom, top):
         self._diff = np.empty(0, DTYPE)
         self._dev = gpu.Workspace()         # device diff, its squares, sums
-        self._sums = _DeviceSums(self._dev)
+        self._sums = DeviceSums(self._dev)
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
@@ -323,22 +347,22 @@ class AccuracyLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.accuracy_param
         self.top_k = int(p.top_k)
-        self.targets = _LabelledPredictions(self, p.ignore_label if p.HasField("ignore_label") else None)
+        self.targets = LabelledPredictions(self, p.ignore_label if p.HasField("ignore_label") else None)
         self._dev = gpu.Workspace()         # device per-position terms, sums
-        self._sums = _DeviceSums(self._dev)
+        self._sums = DeviceSums(self._dev)
 
     def reshape(self, bottom, top):
         if self.top_k > bottom[0].count // max(bottom[1].count, 1):
             raise self.error(f"top_k ({self.top_k}) must be less than or equal to the number "
                              f"of classes ({bottom[0].count // max(bottom[1].count, 1)})")
-        self.targets.reshape(bottom[0], bottom[1], self.param.accuracy_param.axis)
+        self.targets.reshape(bottom[0].shape, bottom[1], self.param.accuracy_param.axis)
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape((self.targets.num_classes,))
 
     def forward(self, bottom, top):
         labels, valid, safe = self.targets.read(bottom[1].data)
-        scores = _as_3d(bottom[0].data, self.targets.axis)
+        scores = as_3d(bottom[0].data, self.targets.axis)
         true_score = np.take_along_axis(scores, safe[:, None, :], axis=1)
         # Classes scoring at least as high as the true one, itself excluded.
         rivals = (scores >= true_score).sum(axis=1) - 1

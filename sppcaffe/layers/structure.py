@@ -13,11 +13,12 @@ from ..proto import caffe_pb2
 
 
 class _ViewLayer(Layer):
-    """A top that is a reshaped view of its bottom (Caffe's ShareData +
-    ShareDiff): forward and backward move nothing, unless an array was
-    rebound since reshape."""
+    """A top that is a reshaped view of its bottom's data (Caffe's
+    ShareData), and of its diff when `shares_diff` (ShareDiff); forward and
+    backward move nothing then, unless an array was rebound since reshape."""
     exact_num_bottom = 1
     exact_num_top = 1
+    shares_diff = True
 
     def top_shape(self, shape):
         raise NotImplementedError
@@ -30,12 +31,19 @@ class _ViewLayer(Layer):
             raise self.error(f"output count {int(np.prod(shape))} (shape {shape}) must match "
                              f"input count {bottom[0].count} (shape {bottom[0].shape})")
         # Done on every call: the bottom's arrays may have been reallocated.
-        top[0].view_of(bottom[0], shape)
+        self._attach(bottom, top, shape)
+
+    def _attach(self, bottom, top, shape):
+        if self.shares_diff:
+            top[0].view_of(bottom[0], shape)
+        else:
+            top[0].reshape(shape)           # its own diff
+            top[0].share_data(bottom[0])
 
     def forward(self, bottom, top):
         # Someone may have rebound an array since reshape; views cost nothing.
         if not np.may_share_memory(top[0].data, bottom[0].data):
-            top[0].view_of(bottom[0], top[0].shape)
+            self._attach(bottom, top, top[0].shape)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0] and not np.may_share_memory(top[0].diff, bottom[0].diff):
@@ -45,15 +53,20 @@ class _ViewLayer(Layer):
     # `.data`/`.diff`, which would download; re-making the view costs
     # nothing and touches neither side's memory.
     def forward_gpu(self, bottom, top):
-        top[0].view_of(bottom[0], top[0].shape)
+        self._attach(bottom, top, top[0].shape)
 
     def backward_gpu(self, top, propagate_down, bottom):
-        pass        # the top's diff is the bottom's since forward
+        if propagate_down[0] and not self.shares_diff:
+            gpu.blas().copy(bottom[0].mutable_gpu_diff, top[0].gpu_diff, 4 * bottom[0].count)
 
 
 @register("Flatten")
 class FlattenLayer(_ViewLayer):
-    """Merges axes [axis, end_axis] into one."""
+    """Merges axes [axis, end_axis] into one.  As BVLC's, the top has a
+    diff of its own, which backward hands to the bottom (Caffe's bottom
+    ShareDiff in Backward; here a copy): a top diff set without a backward
+    pass leaves the bottom's alone, while Reshape shares it from the start."""
+    shares_diff = False
 
     def top_shape(self, shape):
         p = self.param.flatten_param
@@ -107,6 +120,21 @@ class ReshapeLayer(_ViewLayer):
         return tuple(shape[:start]) + tuple(new) + tuple(shape[end:])
 
 
+def axis_blocks(parts, axis, whole_shape):
+    """How `parts` (Concat's bottoms, Slice's tops) lie side by side along
+    `axis` of a blob of `whole_shape`: per part (part, its first element in
+    the whole, block length, whole row); part p is `block`-long runs
+    repeated every `row` floats of the whole (Caffe's num_concats x
+    concat_size), the layout the copy_blocks kernel moves."""
+    inner = int(np.prod(whole_shape[axis + 1:]))
+    row = whole_shape[axis] * inner
+    offset = 0
+    for p in parts:
+        block = p.shape[axis] * inner
+        yield p, offset, block, row
+        offset += block
+
+
 @register("Concat")
 class ConcatLayer(Layer):
     min_num_bottom = 1
@@ -158,17 +186,7 @@ class ConcatLayer(Layer):
                 np.copyto(b.diff, top[0].diff[index])
 
     def _blocks(self, bottom, top):
-        """(bottom, its first element in the top, block length, top row):
-        along the concat axis, bottom b is `block`-long runs repeated every
-        `row` floats of the top (Caffe's num_concats x concat_size)."""
-        axis, shape = self.axis, top[0].shape
-        inner = int(np.prod(shape[axis + 1:]))
-        row = shape[axis] * inner
-        offset = 0
-        for b in bottom:
-            block = b.shape[axis] * inner
-            yield b, offset, block, row
-            offset += block
+        return axis_blocks(bottom, self.axis, top[0].shape)
 
     def forward_gpu(self, bottom, top):
         if len(bottom) == 1:
