@@ -13,6 +13,7 @@ import numpy as np
 from . import io
 from .backends import current_device, gpu_mode
 from .blob import Blob
+from .fusion import find_folds
 from .io.caffemodel import blob_matches, blob_shape, blob_to_array
 from .layer import LayerError, create_layer
 from .proto import caffe_pb2
@@ -135,10 +136,12 @@ class Net:
     ``Net(prototxt, weights, phase)``.  `prototxt` may also be a
     NetParameter.  `data_shapes` gives the top shapes of data layers whose
     sources are not available (they then act as inputs fed from Python).
+    `fold_batchnorm=False` keeps every BatchNorm + Scale after a convolution
+    a layer of its own in forward-only nets (see sppcaffe/fusion.py).
     """
 
     def __init__(self, network, phase=None, weights=None, level=0, stages=(),
-                 data_shapes=None):
+                 data_shapes=None, fold_batchnorm=True):
         if isinstance(phase, (str, os.PathLike)):        # Net(file, weights, phase)
             phase, weights = weights, phase
         if phase not in (TRAIN, TEST):
@@ -161,6 +164,7 @@ class Net:
         self._auto_splits = ({lp.name for lp in with_splits.layer}
                              - {lp.name for lp in filtered.layer})
         self._build(with_splits, param.force_backward)
+        self._folds = find_folds(self) if fold_batchnorm else []
         if weights is not None:
             self.copy_from(weights)
 
@@ -381,16 +385,27 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         gpu = gpu_mode()
-        for li in range(start, end + 1):
-            layer, bottom, top = self.layers[li], self.bottom_vecs[li], self.top_vecs[li]
-            layer.reshape(bottom, top)
-            if gpu:
-                layer.forward_gpu(bottom, top)
-            else:
-                layer.forward(bottom, top)
-            for blob, w in zip(top, self.layer_loss_weights[li]):
-                if w:
-                    loss += w * float(blob.cpu_data.sum(dtype=np.float64))
+        folds = [] if gpu else [f for f in self._folds if start <= f.first and f.last <= end]
+        skipped = set()
+        for fold in folds:
+            fold.conv.fold = fold.affine
+            skipped.update(fold.skipped)
+        try:
+            for li in range(start, end + 1):
+                if li in skipped:
+                    continue
+                layer, bottom, top = self.layers[li], self.bottom_vecs[li], self.top_vecs[li]
+                layer.reshape(bottom, top)
+                if gpu:
+                    layer.forward_gpu(bottom, top)
+                else:
+                    layer.forward(bottom, top)
+                for blob, w in zip(top, self.layer_loss_weights[li]):
+                    if w:
+                        loss += w * float(blob.cpu_data.sum(dtype=np.float64))
+        finally:
+            for fold in folds:
+                fold.conv.fold = None
         return loss
 
     def forward(self, blobs=None, start=None, end=None, **inputs):

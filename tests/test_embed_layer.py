@@ -67,8 +67,8 @@ def test_weight_gradient_adds_up_repeated_indices():
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_parameter_gradients(bias):
-    layer, bottom, top = embed_layer(f"num_output: 3 input_dim: 4 bias_term: {str(bias).lower()}"), \
-        [indices_blob([[0, 2, 2], [3, 0, 1]])], [Blob()]
+    layer = embed_layer(f"num_output: 3 input_dim: 4 bias_term: {str(bias).lower()}")
+    bottom, top = [indices_blob([[0, 2, 2], [3, 0, 1]])], [Blob()]
     assert check_gradient(layer, bottom, top, check_bottom=[]) == (15 if bias else 12)
 
 

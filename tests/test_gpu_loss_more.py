@@ -172,14 +172,13 @@ def test_contrastive_loss_matches_host(gpu_device, legacy, margin, down):
 
 # ---- SmoothL1Loss --------------------------------------------------------------------
 @pytest.mark.parametrize("sigma", [1.0, 3.0, 0.5])
-@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("weights", [0, 1, 2])          # none, inside only (Fast R-CNN), both
 @pytest.mark.parametrize("down", [[True, True], [False, True]])
-def test_smooth_l1_matches_host(gpu_device, sigma, weighted, down):
+def test_smooth_l1_matches_host(gpu_device, sigma, weights, down):
     rng = np.random.default_rng(2)
     shape = (2, 8, 3, 2)
     bottom = blobs(rng.uniform(-3, 3, shape), rng.uniform(-3, 3, shape))
-    if weighted:
-        bottom += blobs(rng.uniform(0, 2, shape), rng.uniform(0, 2, shape))
-        down = down + [False, True]
+    bottom += blobs(*[rng.uniform(0, 2, shape) for _ in range(weights)])
+    down = down + [False, True][:weights]
     layer = make_layer(f'type: "SmoothL1Loss" smooth_l1_loss_param {{ sigma: {sigma} }}')
     compare(layer, bottom, down)

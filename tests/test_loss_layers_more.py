@@ -499,9 +499,19 @@ def test_smooth_l1_weights_get_no_gradient():
     assert all(layer.allow_force_backward(i) for i in range(4))
 
 
+def test_smooth_l1_with_inside_weights_only_is_fast_rcnns_layer():
+    """Three bottoms: the original Fast R-CNN's SmoothL1Loss (sigma 1),
+    whose weights multiply the difference; the outside weights are 1."""
+    inside = np.array([[1.0, 0.0], [0.5, 2.0]])
+    three = loss_of(smooth_l1_layer(), [blob(PRED), blob(TARGET), blob(inside)])
+    four = loss_of(smooth_l1_layer(), [blob(PRED), blob(TARGET), blob(inside), blob(np.ones((2, 2)))])
+    np.testing.assert_allclose(three, four, rtol=1e-6)
+    d = inside * (np.asarray(PRED) - np.asarray(TARGET))
+    expected = np.where(np.abs(d) < 1, 0.5 * d * d, np.abs(d) - 0.5).sum() / 2
+    np.testing.assert_allclose(three, expected, rtol=1e-5)
+
+
 def test_smooth_l1_checks():
-    with pytest.raises(LayerError, match="'L'.*both inside and outside weights"):
-        run(smooth_l1_layer(), [blob(PRED), blob(TARGET), blob(PRED)])
     with pytest.raises(LayerError, match="'L'.*target.*must have the shape"):
         run(smooth_l1_layer(), [blob(PRED), blob(np.zeros((2, 3)))])
     with pytest.raises(LayerError, match="'L'.*outside weights.*must have the shape"):

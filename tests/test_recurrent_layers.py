@@ -117,10 +117,10 @@ def test_lstm_parameters_in_caffe_order(static):
 
 @pytest.mark.parametrize("kind", ["RNN", "LSTM"])
 def test_fillers(kind):
-    layer = make_layer(kind, num_output=2).__class__(layer_param(
+    layer = create_layer(layer_param(
         f'name: "r" type: "{kind}" recurrent_param {{ num_output: 2 '
-        'weight_filler { type: "constant" value: 0.25 } bias_filler { type: "constant" value: -1 } }'),
-        caffe_pb2.TEST)
+        'weight_filler { type: "constant" value: 0.25 } '
+        'bias_filler { type: "constant" value: -1 } }'), caffe_pb2.TEST)
     layer.setup(inputs(kind), tops(kind))
     for blob, expect in zip(layer.blobs, [0.25, -1, 0.25, 0.25, -1] if kind == "RNN"
                             else [0.25, -1, 0.25]):

@@ -89,6 +89,7 @@ class ConvolutionLayer(Layer):
         self._in_groups = _group_slices(self.channels, self.group)
         self._dev = gpu.Workspace()
         self._bottom_shape = None
+        self._folded_w = None
 
     def _check_axes(self, p, shape):
         axis = p.axis + len(shape) if p.axis < 0 else p.axis
@@ -167,9 +168,16 @@ class ConvolutionLayer(Layer):
         return w.reshape(w.shape[0], -1)
 
     # ---- forward --------------------------------------------------------
+    # The net sets `fold` to a function giving (a, c) while a BatchNorm
+    # (+ Scale) chain after this layer is folded in (sppcaffe/fusion.py):
+    # the top is then a * conv + c per channel.
+    fold = None
+
     def forward(self, bottom, top):
         w2 = self._weights2d()
         bias = self.blobs[1].data[:, None] if self.bias_term else None
+        if self.fold is not None:
+            w2, bias = self._folded(w2, bias)
         n, o = self._top_shape[:2]
         for i, (b, t) in enumerate(zip(bottom, top)):
             y = t.data.reshape(n, o, -1)
@@ -179,6 +187,12 @@ class ConvolutionLayer(Layer):
                     y += bias
             else:
                 self._forward_columns(self._im2col(i, b.data), w2, bias, y)
+
+    def _folded(self, w2, bias):
+        a, c = self.fold()
+        w2 = np.multiply(w2, a[:, None], out=self._buffer("_folded_w", w2.shape))
+        shift = c if bias is None else bias[:, 0] * a + c
+        return w2, shift[:, None]
 
     def _forward_columns(self, col, w2, bias, y):
         n, o, p = y.shape

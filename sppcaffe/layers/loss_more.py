@@ -490,19 +490,19 @@ class ContrastiveLossLayer(LossLayer):
 # ---- SmoothL1Loss --------------------------------------------------------------------
 @register("SmoothL1Loss")
 class SmoothL1LossLayer(LossLayer):
-    """Fast R-CNN's box regression loss (py-faster-rcnn's version):
+    """Fast R-CNN's box regression loss:
     sum(w_out * f(w_in * (pred - target))) / num, with
     f(x) = 0.5 (sigma x)^2 for |x| < 1 / sigma^2, |x| - 0.5 / sigma^2 beyond.
-    Bottoms: pred, target and optionally inside and outside weights (both
-    or neither).  pred and target receive gradients (the target's with
-    the sign flipped); the weights are constants."""
+    Bottoms: pred, target, then optionally the inside weights (3 bottoms:
+    the original Fast R-CNN's layer, whose prototxts call them
+    bbox_loss_weights) and the outside weights (4 bottoms: py-faster-rcnn's).
+    pred and target receive gradients (the target's with the sign
+    flipped); the weights are constants."""
     exact_num_bottom = None
     min_num_bottom = 2
     max_num_bottom = 4
 
     def layer_setup(self, bottom, top):
-        if len(bottom) == 3:
-            raise self.error("If weights are used, must specify both inside and outside weights")
         self.sigma2 = float(self.param.smooth_l1_loss_param.sigma) ** 2
         self._diff = np.empty(0, DTYPE)
         self._dev = _DeviceLoss()
@@ -520,10 +520,9 @@ class SmoothL1LossLayer(LossLayer):
             self._diff = np.empty(bottom[0].shape, DTYPE)
 
     def _weights(self, bottom):
-        """(inside, outside) weights, or 1 and 1."""
-        if len(bottom) < 4:
-            return DTYPE(1), DTYPE(1)
-        return (bottom[2].data.reshape(self._diff.shape), bottom[3].data.reshape(self._diff.shape))
+        """(inside, outside) weights; 1 where not given."""
+        given = [b.data.reshape(self._diff.shape) for b in bottom[2:4]]
+        return tuple(given + [DTYPE(1)] * (2 - len(given)))
 
     def forward(self, bottom, top):
         inside, outside = self._weights(bottom)
@@ -550,10 +549,9 @@ class SmoothL1LossLayer(LossLayer):
         _zero_constant_inputs(bottom, propagate_down, [2, 3], on_device=False)
 
     def _device_weights(self, bottom):
-        if len(bottom) < 4:
-            ones = gpu.ones(bottom[0].count)
-            return ones, ones
-        return bottom[2].gpu_data, bottom[3].gpu_data
+        ones = gpu.ones(bottom[0].count)
+        given = [b.gpu_data for b in bottom[2:4]]
+        return tuple(given + [ones] * (2 - len(given)))
 
     def forward_gpu(self, bottom, top):
         n = bottom[0].count

@@ -180,10 +180,7 @@ class _RecurrentLayer(Layer):
         if self.num_output < 1:
             raise self.error("num_output must be positive")
         self.expose_hidden = p.expose_hidden
-        x = bottom[0].shape
-        if len(x) < 3:
-            raise self.error(f"bottom[0] has shape {x}; it needs at least 3 axes "
-                             "(#timesteps, #streams, input ...)")
+        x = self._sequence_shape(bottom)
         self.T = x[0]
         self.static_input = len(bottom) > 2 + (len(self.states) if self.expose_hidden else 0)
         self.x_dim = _prod(x[2:])
@@ -212,6 +209,14 @@ class _RecurrentLayer(Layer):
         self._host = Workspace()
         self._dev = gpu.Workspace()
 
+    def _sequence_shape(self, bottom):
+        # Caffe's inner InnerProduct transforms x from axis 2 on.
+        x = bottom[0].shape
+        if len(x) < 3:
+            raise self.error(f"bottom[0] has shape {x}; it needs at least 3 axes "
+                             "(#timesteps, #streams, input ...)")
+        return x
+
     def _param_specs(self):
         """[(name, shape, "weight" | "bias")] in Caffe's blob order."""
         raise NotImplementedError
@@ -228,10 +233,7 @@ class _RecurrentLayer(Layer):
         return 3 if self.static_input else 2
 
     def reshape(self, bottom, top):
-        x = bottom[0].shape
-        if len(x) < 3:
-            raise self.error(f"bottom[0] has shape {x}; it needs at least 3 axes "
-                             "(#timesteps, #streams, input ...)")
+        x = self._sequence_shape(bottom)
         if x[0] != self.T:
             raise self.error(f"input number of timesteps changed from {self.T} to {x[0]}")
         if _prod(x[2:]) != self.x_dim:
@@ -488,7 +490,8 @@ class RNNLayer(_RecurrentLayer):
         do = dev.floats("do", T * step)
         tanh_backward(T * step, T * step, top[0].gpu_diff, top[0].gpu_data, do)
         if self._learns("W_ho"):
-            blas.gemm(True, False, d, d, rows, 1.0, do, h, 1.0, self._param("W_ho").mutable_gpu_diff)
+            blas.gemm(True, False, d, d, rows, 1.0, do, h, 1.0,
+                      self._param("W_ho").mutable_gpu_diff)
         if self._learns("b_o"):
             blas.gemv(True, rows, d, 1.0, do, gpu.ones(rows), 1.0,
                       self._param("b_o").mutable_gpu_diff)
