@@ -70,7 +70,10 @@ def _pair(p, field, default):
     h, w = getattr(p, field + "_h", 0), getattr(p, field + "_w", 0)
     if h or w:
         return int(h), int(w)
-    values = list(getattr(p, field + "_size" if field == "kernel" else field))
+    values = getattr(p, field + "_size" if field == "kernel" else field)
+    # Pooling's fields are scalars (0: unset), Convolution's are repeated.
+    values = [values] if isinstance(values, int) and values else \
+        [] if isinstance(values, int) else list(values)
     if not values:
         return default, default
     return int(values[0]), int(values[-1])
@@ -147,7 +150,8 @@ def torch_runner(net):
             if fn is None:
                 continue
             out = fn([blobs[b] for b in bottoms])
-            blobs[tops[0]] = out
+            for top in tops:        # several only for Split: copies of one blob
+                blobs[top] = out
         return blobs
     return run
 
