@@ -18,6 +18,10 @@ from .layer import LAYER_TYPES, Layer, LayerError, register  # noqa: E402
 from .net import TEST, TRAIN, Net  # noqa: E402
 from .random import set_random_seed  # noqa: E402
 from . import solvers  # noqa: E402
+# pycaffe's NetSpec (`sppcaffe.layers` doubles as its L: see net_spec.py), Classifier, Detector.
+from .net_spec import NetSpec, params, to_proto  # noqa: E402
+from .classifier import Classifier  # noqa: E402
+from .detector import Detector  # noqa: E402
 from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,  # noqa: E402
                       RMSPropSolver, SGDSolver, Solver, get_solver)
 
@@ -25,5 +29,5 @@ __all__ = ["Blob", "Layer", "LayerError", "LAYER_TYPES", "Net", "TEST", "TRAIN",
            "register", "set_random_seed", "set_mode_cpu", "set_mode_gpu", "set_device",
            "GPUUnavailable", "solvers", "get_solver", "Solver",
            "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
-           "AdamSolver"]
+           "AdamSolver", "NetSpec", "layers", "params", "to_proto", "Classifier", "Detector"]
 

@@ -108,9 +108,9 @@ def _worker_pool():
     return _pool
 
 
-def _split_parallel(task, size, elements):
+def split_parallel(task, size, elements):
     """Call task(lo, hi) over chunks of range(size), on several threads
-    when there is enough work to pay for the hand-off."""
+    when there is enough work (`elements` touched) to pay for the hand-off."""
     chunks = min(_WORKERS, size) if elements >= _MIN_PARALLEL_ELEMENTS else 1
     if chunks <= 1:
         task(0, size)
@@ -165,7 +165,7 @@ def im2col(x, geom, col=None, padded=None):
             _pad_into(x[image_part], geom, source[image_part])
         np.copyto(cols[col_part], _windows(source[image_part], geom, out_hw))
 
-    _split_parallel(task, size, col.size)
+    split_parallel(task, size, col.size)
     return col
 
 
@@ -198,7 +198,7 @@ def col2im(col, geom, out, padded=None):
         if target is not out:
             out[image_part] = _interior(part, geom, h, w)
 
-    _split_parallel(task, size, col.size)
+    split_parallel(task, size, col.size)
     return out
 
 

@@ -29,9 +29,13 @@ NETS = {
         ({"pair_data": (4, 2, 28, 28), "sim": (4,)}, {}),
     "bvlc_examples/examples-hdf5_classification-nonlinear_auto_train.prototxt":
         ({"data": (4, 4), "label": (4,)}, {}),
-    "bvlc_examples/examples-coco_caption-lstm_language_model.prototxt": (SENTENCES, {}),
+    "bvlc_examples/examples-coco_caption-lstm_language_model.prototxt":
+        (SENTENCES, {"TEST": ["test-on-val"]}),
+    # The stages of BVLC's lrcn_solver.prototxt (a frozen convnet, the factored 2-layer LSTM).
     "bvlc_examples/examples-coco_caption-lrcn.prototxt":
-        (dict(SENTENCES, data=(2, 3, 227, 227), label=(2,)), {}),
+        (dict(SENTENCES, data=(2, 3, 227, 227), label=(2,)),
+         {"TRAIN": ["freeze-convnet", "factored", "2-layer"],
+          "TEST": ["freeze-convnet", "factored", "2-layer", "test-on-val"]}),
     "fcn/voc-fcn32s-train.prototxt": ({}, {}),
     "fcn/voc-fcn32s-val.prototxt": ({}, {}),
     "fast_rcnn/VGG_CNN_M_1024-train.prototxt": ({}, {}),

@@ -13,7 +13,8 @@ from golden_util import case_path
 # Layers whose work is on the host by nature: they read files or Python
 # arrays into their tops (the blobs then copy them up once), as Caffe's
 # data layers fill host memory from their prefetch threads.
-HOST_LAYERS = {"Input", "DummyData", "MemoryData", "Data", "ImageData", "HDF5Data", "WindowData"}
+HOST_LAYERS = {"Input", "DummyData", "MemoryData", "Data", "ImageData", "HDF5Data", "WindowData",
+               "HDF5Output"}
 
 
 # Forward passes that move no numbers (Split shares its bottom's memory,

@@ -1,13 +1,21 @@
 """Reading and writing Caffe's files: prototxt nets and solvers (upgraded
-from V0/V1 to the modern form on the way in), binary .caffemodel and
-.binaryproto files."""
+from V0/V1 to the modern form on the way in; nets also in the SPP-net
+release's dialect and with known fork fields, see dialects.py), binary
+.caffemodel and .binaryproto files."""
 import os
 
 from ..proto import caffe_pb2
 from .caffemodel import (CaffemodelError, array_to_blob, blob_matches, blob_shape,  # noqa: F401
                          blob_to_array, read_binary, read_blobproto, write_binary,
                          write_blobproto)
+from .dialects import parse_net_text, read_net_text  # noqa: F401
 from .text import PrototxtError, parse_text, read_text, to_text, write_text  # noqa: F401
+# pycaffe's caffe.io: images, Transformer, BlobProto/Datum <-> array.
+from .arrays import (array_to_blobproto, array_to_datum,  # noqa: F401
+                     arraylist_to_blobprotovecor_str, arraylist_to_blobprotovector_str,
+                     blobproto_to_array, blobprotovector_str_to_arraylist, datum_to_array)
+from .images import load_image, oversample, resize_image  # noqa: F401
+from .transformer import Transformer  # noqa: F401
 from .upgrade import net_needs_upgrade, upgrade_net, upgrade_solver
 
 
@@ -16,10 +24,11 @@ def _is_binary(path):
 
 
 def read_net(path):
-    """A net prototxt (or binary caffemodel) as a modern NetParameter."""
+    """A net prototxt (or binary caffemodel) as a modern NetParameter; a
+    prototxt may also be in a dialect that dialects.py reads."""
     path = os.fspath(path)
-    reader = read_binary if _is_binary(path) else read_text
-    return upgrade_net(reader(path, caffe_pb2.NetParameter()), source=path)
+    param = read_binary(path, caffe_pb2.NetParameter()) if _is_binary(path) else read_net_text(path)
+    return upgrade_net(param, source=path)
 
 
 def read_solver(path):

@@ -144,7 +144,9 @@ class TanHLayer(_NeuronLayer):
 class DropoutLayer(_NeuronLayer):
     """Caffe's inverted dropout: in TRAIN each unit is kept with probability
     1 - dropout_ratio and scaled by 1 / (1 - dropout_ratio), so TEST is the
-    identity.  The mask comes from the framework's seedable generator."""
+    identity.  The mask comes from the framework's seedable generator.
+    With the Fast R-CNN fork's `scale_train: false`, kept units are not
+    scaled in TRAIN and TEST multiplies by 1 - dropout_ratio instead."""
 
     def layer_setup(self, bottom, top):
         ratio = float(self.param.dropout_param.dropout_ratio)
@@ -153,6 +155,10 @@ class DropoutLayer(_NeuronLayer):
         self.keep_prob = DTYPE(1.0 - ratio)
         self.scale = DTYPE(1.0 / (1.0 - ratio))
         self.train = self.phase == caffe_pb2.TRAIN
+        if not self.param.dropout_param.scale_train:
+            self.scale = DTYPE(1.0)
+        # What TEST multiplies by: 1 unless the scaling moved there.
+        self.test_scale = None if self.param.dropout_param.scale_train else self.keep_prob
         # Caffe's uint_thres_: on the device a unit is dropped when its 32
         # random bits are at most UINT_MAX * dropout_ratio.
         self._gpu_threshold = int(_UINT_MAX * ratio)
@@ -162,7 +168,9 @@ class DropoutLayer(_NeuronLayer):
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
         if not self.train:
-            if y is not x:
+            if self.test_scale is not None:
+                np.multiply(x, self.test_scale, out=y)
+            elif y is not x:
                 np.copyto(y, x)
             return
         mask = self._mask.like(x)
@@ -176,6 +184,8 @@ class DropoutLayer(_NeuronLayer):
         dy, dx = top[0].diff, bottom[0].diff
         if self.train:
             np.multiply(dy, self._mask.like(dy), out=dx)
+        elif self.test_scale is not None:
+            np.multiply(dy, self.test_scale, out=dx)
         elif dx is not dy:
             np.copyto(dx, dy)
 
@@ -187,6 +197,8 @@ class DropoutLayer(_NeuronLayer):
         if not self.train:
             if top[0] is not bottom[0]:
                 gpu.blas().copy(top[0].mutable_gpu_data, bottom[0].gpu_data, 4 * n)
+            if self.test_scale is not None:
+                gpu.blas().scal(n, self.test_scale, top[0].mutable_gpu_data)
             return
         self._gpu_seed = int(get_rng().integers(0, 2 ** 64, dtype=np.uint64))
         gpu.kernel("dropout_forward")(n, n, bottom[0].gpu_data, top[0].mutable_gpu_data,
@@ -199,6 +211,8 @@ class DropoutLayer(_NeuronLayer):
         if not self.train:
             if top[0] is not bottom[0]:
                 gpu.blas().copy(bottom[0].mutable_gpu_diff, top[0].gpu_diff, 4 * n)
+            if self.test_scale is not None:
+                gpu.blas().scal(n, self.test_scale, bottom[0].mutable_gpu_diff)
             return
         gpu.kernel("dropout_backward")(n, n, top[0].gpu_diff, bottom[0].mutable_gpu_diff,
                                        self._gpu_seed, self._gpu_threshold, self.scale)

@@ -12,6 +12,7 @@ on chunks of images sized so the column buffer stays within
 """
 import numpy as np
 
+from .. import depthwise
 from ..backends import gpu
 from ..fillers import fill
 from ..im2col import Geometry, add_matmul, col2im, im2col
@@ -87,6 +88,8 @@ class ConvolutionLayer(Layer):
         self._out_groups = _group_slices(self.num_output, self.group)
         self._col_groups = _group_slices(self.channels * kh * kw, self.group)
         self._in_groups = _group_slices(self.channels, self.group)
+        # One input channel per group: the host runs sppcaffe.depthwise.
+        self._depthwise = self.group > 1 and self.group == self.channels
         self._dev = gpu.Workspace()
         self._bottom_shape = None
         self._folded_w = None
@@ -141,6 +144,7 @@ class ConvolutionLayer(Layer):
         self._col_valid = {}     # bottom index -> holds that bottom's current im2col
         self._out_cols = None    # (num_output, N*Ho*Wo) GEMM output / top diff, transposed
         self._padded = None      # padding scratch shared by im2col and col2im
+        self._depthwise_plan = None
         self._dev_cols_of = None  # (bottom index, buffer): device columns of that whole batch
 
     # ---- helpers --------------------------------------------------------
@@ -163,6 +167,12 @@ class ConvolutionLayer(Layer):
         self._col_valid[i] = True
         return self._cols[i]
 
+    def _depthwise_geometry(self):
+        if self._depthwise_plan is None:
+            self._depthwise_plan = depthwise.DepthwisePlan(
+                self._bottom_shape, self.geom, self.num_output // self.group)
+        return self._depthwise_plan
+
     def _weights2d(self):
         w = self.blobs[0].data
         return w.reshape(w.shape[0], -1)
@@ -181,7 +191,10 @@ class ConvolutionLayer(Layer):
         n, o = self._top_shape[:2]
         for i, (b, t) in enumerate(zip(bottom, top)):
             y = t.data.reshape(n, o, -1)
-            if self.geom.is_pointwise():
+            if self._depthwise:
+                depthwise.forward(self._depthwise_geometry(), b.data, w2,
+                                  None if bias is None else bias[:, 0], t.data)
+            elif self.geom.is_pointwise():
                 self._forward_pointwise(b.data, w2, y)
                 if bias is not None:
                     y += bias
@@ -225,7 +238,12 @@ class ConvolutionLayer(Layer):
             want_x = propagate_down[i]
             if not (want_w or want_x):
                 continue
-            if self.geom.is_pointwise():
+            if self._depthwise:
+                w2 = self._weights2d()
+                depthwise.backward(self._depthwise_geometry(), b.data, w2, t.diff,
+                                   self.blobs[0].diff.reshape(w2.shape) if want_w else None,
+                                   b.diff if want_x else None)
+            elif self.geom.is_pointwise():
                 self._backward_pointwise(dy, b, want_w, want_x)
             else:
                 self._backward_columns(i, dy, b, want_w, want_x)

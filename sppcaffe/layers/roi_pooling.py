@@ -66,8 +66,12 @@ def _pool_roi(plane, hs, he, ws, we):
     (C, H, W): columns first, then rows; np.argmax takes the first maximum
     each time, so the pair is the first maximum in row-major order."""
     channels, _, width = plane.shape
+    empty = (he <= hs)[:, None] | (we <= ws)[None, :]                   # (PH, PW)
+    if empty.all():                   # e.g. a roi outside the map
+        shape = (channels,) + empty.shape
+        return np.zeros(shape, plane.dtype), np.full(shape, -1)
     top, bottom = int(hs.min()), int(he.max())
-    rows = plane[:, top:max(bottom, top + 1), :]
+    rows = plane[:, top:bottom, :]
     cols, col_ok = _bin_table(ws, we)
     g = np.where(col_ok, rows[:, :, cols], -np.inf)               # (C, rows, PW, kw)
     col_arg = g.argmax(axis=-1)
@@ -81,7 +85,6 @@ def _pool_roi(plane, hs, he, ws, we):
     col_in_row = np.take_along_axis(col_arg, row, axis=1)               # (C, PH, PW)
     w = cols[np.arange(cols.shape[0])[None, None, :], col_in_row]
     h = row + top
-    empty = (he <= hs)[:, None] | (we <= ws)[None, :]                   # (PH, PW)
     value = np.where(empty, 0.0, value)
     argmax = np.where(empty, -1, h * width + w)
     return value, argmax
