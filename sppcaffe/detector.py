@@ -135,6 +135,11 @@ class Detector(Net):
         self.context_pad = context_pad
         if not self.context_pad:
             return
+        crop_size = self.blobs[in_].width
+        if not 0 < 2 * context_pad < crop_size:
+            raise ValueError(f"context_pad {context_pad} leaves no room for the window in the "
+                             f"net's {crop_size}-pixel input (it needs 0 <= 2 x context_pad "
+                             f"< {crop_size})")
         channel_order = self.transformer.channel_swap.get(in_)
         raw_scale = self.transformer.raw_scale.get(in_)
         mean = self.transformer.mean.get(in_)

@@ -30,8 +30,8 @@ BLOB_STYLE = {"shape": "octagon", "fillcolor": "#E0E0E0", "style": "filled"}
 RANKDIRS = ("LR", "TB", "BT", "RL")
 # Output formats that are the dot text itself rather than a picture.
 TEXT_FORMATS = ("dot", "gv", "raw")
-INSTALL_HINT = "install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install " \
-               "graphviz; conda: conda install graphviz)"
+INSTALL_HINT = "install Graphviz: apt-get install graphviz (Debian, Ubuntu), brew install " \
+               "graphviz (macOS) or conda install graphviz"
 
 
 class GraphvizMissing(RuntimeError):
@@ -197,7 +197,7 @@ def run_dot(dot_text, fmt):
     """The picture Graphviz's `dot` draws from dot text, in format `fmt`."""
     program = shutil.which("dot")
     if program is None:
-        raise GraphvizMissing(f"Graphviz's 'dot' program is not installed ({INSTALL_HINT})")
+        raise GraphvizMissing(f"Graphviz's 'dot' program is not installed; {INSTALL_HINT}")
     result = subprocess.run([program, f"-T{fmt}"], input=dot_text.encode(), capture_output=True)
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip()

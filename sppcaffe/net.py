@@ -125,6 +125,11 @@ def insert_splits(param):
     return out
 
 
+# pycaffe's Net.before_forward(f) & co.: f(layer index) around each layer's
+# forward or backward (Caffe's Net::Callback).
+HOOK_KINDS = ("before_forward", "after_forward", "before_backward", "after_backward")
+
+
 def _is_hdf5(path):
     return isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(".h5")
 
@@ -155,7 +160,8 @@ class Net:
         param.state.phase = phase
         if level:
             param.state.level = level
-        param.state.stage.extend(s for s in stages if s not in param.state.stage)
+        # pycaffe passes stages=None when none are given.
+        param.state.stage.extend(s for s in stages or () if s not in param.state.stage)
         self.phase = phase
         self.name = param.name
         self.data_shapes = dict(data_shapes or {})
@@ -165,6 +171,7 @@ class Net:
                              - {lp.name for lp in filtered.layer})
         self._build(with_splits, param.force_backward)
         self._folds = find_folds(self) if fold_batchnorm else []
+        self._hooks = {kind: [] for kind in HOOK_KINDS}
         if weights is not None:
             self.copy_from(weights)
 

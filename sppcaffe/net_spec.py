@@ -252,7 +252,8 @@ class _EnumValues:
         try:
             return getattr(self._message, value_name)
         except AttributeError:
-            raise AttributeError(f"{self._type_name}Parameter has no value '{value_name}'") from None
+            raise AttributeError(
+                f"{self._type_name}Parameter has no value '{value_name}'") from None
 
 
 class Parameters:

@@ -123,6 +123,11 @@ def inputs(seed=0):
             "label": np.array([0, 2], np.float32).reshape(2, 1, 1, 1)}
 
 
+def run_upgrade_tool(source, out):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "upgrade_net_proto_text"),
+                           str(source), str(out)], capture_output=True, text=True)
+
+
 def copy_params(source, target):
     assert list(source.params) == list(target.params)
     for name, blobs in source.params.items():
@@ -235,8 +240,7 @@ def test_time_net_reads_the_dialect(tmp_path, capsys):
 def test_upgrade_tool_writes_a_modern_file(tmp_path):
     source = write(tmp_path, "release.prototxt", RELEASE_NET)
     out = tmp_path / "modern.prototxt"
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "upgrade_net_proto_text"),
-                             source, str(out)], capture_output=True, text=True)
+    result = run_upgrade_tool(source, out)
     assert result.returncode == 0, result.stderr
     assert "reading the SPP-net release's V0 dialect" in result.stderr
     written = text_format.Parse(out.read_text(), caffe_pb2.NetParameter())
@@ -265,6 +269,10 @@ def pool(name, bottom, kernel, stride):
                     f"   pool_param {{ kernel_size: {kernel} stride: {stride} pool: MAX }}\n")
 
 
+def flatten(bottom):
+    return v0_layer(f"{bottom}_flatten", "flatten", bottom, f"{bottom}_flatten")
+
+
 LRN = "   lrn_param { local_size: 3 alpha: 0.00005 beta: 0.75 norm_region: WITHIN_CHANNEL }\n"
 PYRAMID = {6: (3, 2), 3: (5, 4), 2: (7, 7), 1: (13, 13)}   # bins -> (kernel, stride), as released
 ZF_RELEASE_NET = (
@@ -277,8 +285,7 @@ ZF_RELEASE_NET = (
     + conv("conv3", "pool2", 384, 3, 1, 1) + v0_layer("relu3", "relu", "conv3", "conv3")
     + conv("conv4", "conv3", 384, 3, 1, 1) + v0_layer("relu4", "relu", "conv4", "conv4")
     + conv("conv5", "conv4", 256, 3, 1, 1) + v0_layer("relu5", "relu", "conv5", "conv5")
-    + "".join(pool(f"pool5_spm{n}", "conv5", k, s)
-              + v0_layer(f"pool5_spm{n}_flatten", "flatten", f"pool5_spm{n}", f"pool5_spm{n}_flatten")
+    + "".join(pool(f"pool5_spm{n}", "conv5", k, s) + flatten(f"pool5_spm{n}")
               for n, (k, s) in PYRAMID.items())
     + 'layers {\n layer {\n   name: "pool5_spm"\n   type: "concat"\n'
       '   concat_param { concat_dim: 1 }\n }\n'
@@ -442,8 +449,7 @@ def test_release_fields_and_flat_v0_fields_combine():
 
 def test_upgrade_tool_reports_an_unknown_field_without_traceback(tmp_path):
     source = write(tmp_path, "bad.prototxt", UNKNOWN_FIELDS["in a release sub-message"][0])
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "upgrade_net_proto_text"),
-                             source, str(tmp_path / "out.prototxt")], capture_output=True, text=True)
+    result = run_upgrade_tool(source, tmp_path / "out.prototxt")
     assert result.returncode == 1
     assert result.stderr.startswith(f"upgrade_net_proto_text: error: {source}:6:")
     assert '"kernelsize"' in result.stderr and "Traceback" not in result.stderr

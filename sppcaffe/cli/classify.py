@@ -147,7 +147,8 @@ def print_top5(predictions, labels):
     for row, scores in enumerate(predictions):
         top = np.argsort(-scores)[:5]
         names = [labels[i] if i < len(labels) else str(i) for i in top]
-        print(f"image {row}: " + ", ".join(f"{name} ({scores[i]:.5f})" for name, i in zip(names, top)))
+        ranked = ", ".join(f"{name} ({scores[i]:.5f})" for name, i in zip(names, top))
+        print(f"image {row}: {ranked}")
 
 
 def classify(args):

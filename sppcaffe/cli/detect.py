@@ -1,8 +1,8 @@
 """pycaffe's python/detect.py: score image windows with a deploy net
 (R-CNN style: each window warped to the input size) and save them.
 
-    detect windows.csv out.csv --crop_mode list --model_def deploy.prototxt --pretrained_model w.caffemodel
-    detect images.txt out.h5                      # selective-search windows
+    detect windows.csv out.csv --crop_mode list --model_def net.prototxt --pretrained_model w
+    detect images.txt out.h5 --model_def net.prototxt --pretrained_model w  # selective search
 
 Input: a .txt list of image files (selective search finds the windows), or
 a .csv with a header naming the columns filename, xmin, ymin, xmax, ymax
@@ -68,7 +68,8 @@ def read_windows_csv(path):
     with open(existing_file(path, "input file"), newline="") as f:
         reader = csv.reader(f)
         header = [name.strip() for name in next(reader, [])]
-        missing = [name for name in ["filename"] + COORD_COLS if name not in header]
+        missing = [name for name in ["filename", "xmin", "ymin", "xmax", "ymax"]
+                   if name not in header]
         if missing:
             raise CliError(f"{path}: the header must name filename, xmin, ymin, xmax, ymax; "
                            f"missing {', '.join(missing)}")
@@ -122,27 +123,30 @@ def write_h5(detections, path):
                                            dtype=np.float32))
 
 
-def detect(args):
-    detector = load_detector(args)
-    print("GPU mode" if args.gpu else "CPU mode")
-
-    start = time.time()
-    print("Loading input...")
+def read_inputs(args):
+    """The image list (.txt) or the windows per image (.csv)."""
     name = args.input_file.lower()
     if name.endswith("txt"):
         if args.crop_mode == "list":
             raise CliError("--crop_mode list needs a .csv input naming the windows "
                            "(filename, xmin, ymin, xmax, ymax)")
-        inputs = read_image_list(args.input_file)
-    elif name.endswith("csv"):
-        inputs = read_windows_csv(args.input_file)
-    else:
-        raise CliError(f"unknown input file type '{args.input_file}': not in txt or csv")
+        return read_image_list(args.input_file)
+    if name.endswith("csv"):
+        return read_windows_csv(args.input_file)
+    raise CliError(f"unknown input file type '{args.input_file}': not in txt or csv")
+
+
+def detect(args):
+    start = time.time()
+    print("Loading input...")
+    inputs = read_inputs(args)
+    detector = load_detector(args)
+    print("GPU mode" if args.gpu else "CPU mode")
 
     if args.crop_mode == "list":
         detections = detector.detect_windows(inputs)
     else:
-        fnames = inputs if name.endswith("txt") else [fname for fname, _ in inputs]
+        fnames = [item if isinstance(item, str) else item[0] for item in inputs]
         detections = detector.detect_selective_search(fnames)
     print(f"Processed {len(detections)} windows in {time.time() - start:.3f} s.")
 

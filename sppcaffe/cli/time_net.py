@@ -258,20 +258,27 @@ def main(argv=None):
     def log(message):
         print(message, flush=True)
 
+    return run(args, log)
+
+
+def run(args, log, prog=PROG):
+    """Time the net of the parsed arguments, reporting through
+    `log(message)` (time_net prints; `caffe time` logs in glog's format);
+    the exit status, errors printed as `prog: error: ...`."""
     if args.iterations < 1:
-        print(f"{PROG}: error: --iterations must be at least 1, got {args.iterations}",
+        print(f"{prog}: error: --iterations must be at least 1, got {args.iterations}",
               file=sys.stderr)
         return 2
     set_random_seed(args.seed)
     try:
         with device_for(args.gpu) as on_gpu:
-            return _time(args, log, on_gpu)
+            return _time(args, log, on_gpu, prog)
     except CliError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
 
 
-def _time(args, log, on_gpu):
+def _time(args, log, on_gpu, prog):
     net = load_net(args)
     rng = np.random.default_rng(args.seed)
     for name, shape in args.data_shape:
@@ -283,7 +290,7 @@ def _time(args, log, on_gpu):
     try:
         time_net(net, args.iterations, log)
     except LayerError as err:
-        print(f"{PROG}: error: {args.model}: {err}", file=sys.stderr)
+        print(f"{prog}: error: {args.model}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -91,7 +91,9 @@ _ReadingNet = _reading_net_class()
 
 def parse_net_text(text, source="<string>"):
     """Net prototxt `text` as a caffe_pb2.NetParameter, the conventions above
-    translated (deprecated BVLC forms are left to upgrade.upgrade_net)."""
+    translated.  A net in the release's dialect comes back as V1 (BVLC's
+    V0 -> V1 step has run); every other deprecated form is left to
+    upgrade.upgrade_net."""
     return _to_bvlc(parse_text(text, _ReadingNet(), source), source)
 
 

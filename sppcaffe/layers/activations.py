@@ -9,6 +9,7 @@ import numpy as np
 
 from ..backends import gpu
 from ..blob import DTYPE
+from ..elementwise import maximum_scalar, minimum_scalar
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..random import get_rng
@@ -51,11 +52,11 @@ class ReLULayer(_NeuronLayer):
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
         if self.negative_slope == 0:
-            np.maximum(x, DTYPE(0), out=y)
+            maximum_scalar(x, 0, y)
             return
-        negative = np.minimum(x, DTYPE(0), out=self._scratch.like(x))
+        negative = minimum_scalar(x, 0, self._scratch.like(x))
         negative *= self.negative_slope
-        np.maximum(x, DTYPE(0), out=y)
+        maximum_scalar(x, 0, y)
         y += negative
 
     def backward(self, top, propagate_down, bottom):

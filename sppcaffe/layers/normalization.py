@@ -113,8 +113,11 @@ class BatchNormLayer(Layer):
         stddev = self._scratch.get("stddev", (self.channels,))
         np.sqrt(variance + self.eps, out=stddev)
         np.divide(y, self._column(stddev), out=y)
-        # Kept because later in-place layers (Scale, ReLU) overwrite the top.
-        np.copyto(self._scratch.like(y, "x_norm"), y)
+        if not self.use_global_stats:
+            # Batch statistics' backward reads the normalised input, which
+            # later in-place layers (Scale, ReLU) overwrite; with stored
+            # statistics it needs only stddev.
+            np.copyto(self._scratch.like(y, "x_norm"), y)
 
     def _update_statistics(self, mean, variance):
         maf = self.moving_average_fraction

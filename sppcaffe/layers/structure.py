@@ -284,11 +284,21 @@ class EltwiseLayer(Layer):
             for b in bottom[2:]:
                 y *= b.data
         elif self.op == caffe_pb2.EltwiseParameter.SUM:
-            np.multiply(bottom[0].data, self.coeffs[0], out=y)
-            for b, c in zip(bottom[1:], self.coeffs[1:]):
-                y += b.data if c == 1 else np.multiply(b.data, c, out=self._scratch)
+            self._forward_sum(bottom, y)
         else:
             self._forward_max(bottom, y)
+
+    def _forward_sum(self, bottom, y):
+        # Unit coefficients (ResNet's shortcuts) need no products: the first
+        # two bottoms are then one pass.
+        first = 1
+        if self.coeffs[0] == 1 and self.coeffs[1] == 1:
+            np.add(bottom[0].data, bottom[1].data, out=y)
+            first = 2
+        else:
+            np.multiply(bottom[0].data, self.coeffs[0], out=y)
+        for b, c in zip(bottom[first:], self.coeffs[first:]):
+            y += b.data if c == 1 else np.multiply(b.data, c, out=self._scratch)
 
     def _forward_max(self, bottom, y):
         # Caffe's tie rule: bottom 1 wins a tie with bottom 0, and later
