@@ -88,3 +88,23 @@ def test_only_in_place_chains_without_backward_fold():
 def test_gpu_mode_runs_the_layers(gpu_device):
     folded, plain = make_net(True), make_net(False)
     np.testing.assert_allclose(outputs(folded)["pw"], outputs(plain)["pw"], rtol=1e-5, atol=1e-5)
+
+
+def test_resnet50_folded_equals_unfolded():
+    """The real ResNet-50 deploy net (53 chains), zoo_fill's parameters."""
+    import os
+
+    from test_community_models import COMMUNITY, _zoo_fill
+    zoo_fill = _zoo_fill()
+    results = []
+    for fold in (True, False):
+        net = sppcaffe.Net(os.path.join(COMMUNITY, "resnet", "ResNet-50-deploy.prototxt"),
+                           sppcaffe.TEST, fold_batchnorm=fold)
+        assert len(net._folds) == (53 if fold else 0)
+        zoo_fill.fill_params(net, 7)
+        zoo_fill.fill_inputs(net, 7)
+        net.forward()
+        results.append({name: blob.data.copy() for name, blob in net.blobs.items()})
+    for name, ref in results[1].items():
+        err = np.linalg.norm(results[0][name] - ref) / max(np.linalg.norm(ref), 1e-30)
+        assert err < 1e-5, name
