@@ -240,6 +240,10 @@ def spawn(args, *extra):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
+    # What `import sppcaffe` sets, but OpenBLAS reads it when NumPy loads,
+    # which this script does first: idle BLAS threads stop spinning and
+    # leave the cores to sppcaffe's own threads.
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
            "--runs", str(args.runs), "--warmup", str(args.warmup), "--worker", *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)

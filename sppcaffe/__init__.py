@@ -4,6 +4,12 @@ The public names follow pycaffe: ``sppcaffe.Net(prototxt, sppcaffe.TEST,
 weights=...)``, ``net.blobs``, ``net.params``, ``net.forward()``.
 """
 import os as _os
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("sppcaffe")
+except _metadata.PackageNotFoundError:      # run from a checkout without installing
+    __version__ = "0+unknown"
 
 # OpenBLAS keeps its worker threads spinning after each GEMM, stealing the
 # second core from the threaded im2col/col2im that follow; a short timeout
@@ -24,10 +30,12 @@ from .classifier import Classifier  # noqa: E402
 from .detector import Detector  # noqa: E402
 from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,  # noqa: E402
                       RMSPropSolver, SGDSolver, Solver, get_solver)
+# pycaffe's module-level functions, and the opt-in `import caffe` (see pycaffe_compat.py).
+from .pycaffe_compat import init_log, install_as_caffe, layer_type_list, log  # noqa: E402
 
 __all__ = ["Blob", "Layer", "LayerError", "LAYER_TYPES", "Net", "TEST", "TRAIN", "io",
            "register", "set_random_seed", "set_mode_cpu", "set_mode_gpu", "set_device",
            "GPUUnavailable", "solvers", "get_solver", "Solver",
            "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
            "AdamSolver", "NetSpec", "layers", "params", "to_proto", "Classifier", "Detector"]
-
+__all__ += ["layer_type_list", "init_log", "log", "install_as_caffe"]

@@ -70,6 +70,10 @@ class Layer:
     # Layers that may legally have no bottom but are not data sources
     # still need the net to know whether they produce data from nowhere.
     is_data = False
+    # Set by the net when it never runs this layer's backward: forward may
+    # then skip keeping what only backward reads (a backward called anyway
+    # must recompute it, or raise).
+    forward_only = False
 
     def __init__(self, param, phase):
         self.param = param

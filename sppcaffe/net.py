@@ -6,6 +6,7 @@ read by several layers, in-place layers, weight sharing by param name,
 loss weights, and the rules deciding which layers need backward.
 """
 import collections
+import itertools
 import os
 
 import numpy as np
@@ -252,6 +253,8 @@ class Net:
                 for j in range(len(need)):
                     need[j] = need[j] or layer.allow_force_backward(j)
                 layer.param_propagate_down = [True] * len(layer.blobs)
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.forward_only = not need
         # Caffe keeps outputs in a std::set: sorted by name.
         self.outputs = sorted(available)
         self.layer_dict = collections.OrderedDict(zip(self._layer_names, self.layers))
@@ -370,6 +373,67 @@ class Net:
         except ValueError:
             raise KeyError(f"net '{self.name}' has no layer '{layer_name}'") from None
 
+    # pycaffe's underscored names (the C++ Net as _caffe.cpp shows it), for
+    # scripts that use them.  Blob ids are positions in `blobs`.
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
+
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _blob_loss_weights(self):
+        return list(self.blob_loss_weights.values())
+
+    @property
+    def _inputs(self):
+        return self._blob_ids(self.inputs)
+
+    @property
+    def _outputs(self):
+        return self._blob_ids(self.outputs)
+
+    def _top_ids(self, layer_index):
+        return self._blob_ids(self._top_names[layer_index])
+
+    def _bottom_ids(self, layer_index):
+        return self._blob_ids(self._bottom_names[layer_index])
+
+    def _blob_ids(self, names):
+        ids = {name: i for i, name in enumerate(self.blobs)}
+        return [ids[name] for name in names]
+
+    # ------------------------------------------------------------------
+    # Hooks (pycaffe's Net.before_forward & co., Caffe's Net::Callback)
+    # ------------------------------------------------------------------
+    def before_forward(self, callback):
+        """Call `callback(i)` before layer i runs forward, in every forward
+        pass from now on (as in Caffe, a hook cannot be removed).  While a
+        forward hook is set, BatchNorm folding is off: every layer runs, and
+        is seen, as in Caffe."""
+        self._add_hook("before_forward", callback)
+
+    def after_forward(self, callback):
+        """Call `callback(i)` after layer i ran forward (see before_forward)."""
+        self._add_hook("after_forward", callback)
+
+    def before_backward(self, callback):
+        """Call `callback(i)` before layer i's backward step, for every layer
+        of the pass, also those that need no backward (as Caffe does)."""
+        self._add_hook("before_backward", callback)
+
+    def after_backward(self, callback):
+        """Call `callback(i)` after layer i's backward step (see before_backward)."""
+        self._add_hook("after_backward", callback)
+
+    def _add_hook(self, kind, callback):
+        if not callable(callback):
+            raise TypeError(f"net '{self.name}': {kind} takes a callable called with the layer "
+                            f"index, got {callback!r}")
+        self._hooks[kind].append(callback)
+
     # ------------------------------------------------------------------
     # Running
     # ------------------------------------------------------------------
@@ -392,7 +456,10 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         gpu = gpu_mode()
-        folds = [] if gpu else [f for f in self._folds if start <= f.first and f.last <= end]
+        before, after = self._hooks["before_forward"], self._hooks["after_forward"]
+        # Hooks are to see every layer run as Caffe runs it: no folding then.
+        folds = [] if gpu or before or after else [
+            f for f in self._folds if start <= f.first and f.last <= end]
         skipped = set()
         for fold in folds:
             fold.conv.fold = fold.affine
@@ -401,6 +468,8 @@ class Net:
             for li in range(start, end + 1):
                 if li in skipped:
                     continue
+                for hook in before:
+                    hook(li)
                 layer, bottom, top = self.layers[li], self.bottom_vecs[li], self.top_vecs[li]
                 layer.reshape(bottom, top)
                 if gpu:
@@ -410,6 +479,8 @@ class Net:
                 for blob, w in zip(top, self.layer_loss_weights[li]):
                     if w:
                         loss += w * float(blob.cpu_data.sum(dtype=np.float64))
+                for hook in after:
+                    hook(li)
         finally:
             for fold in folds:
                 fold.conv.fold = None
@@ -430,16 +501,25 @@ class Net:
         gpu = gpu_mode()
         for blob, w in self._loss_tops:
             blob.diff[...] = w
+        # As Caffe's BackwardFromTo: the hooks run for every layer, also
+        # those that need no backward.
+        before, after = self._hooks["before_backward"], self._hooks["after_backward"]
         for li in range(start, end - 1, -1):
-            if not self.layer_need_backward[li]:
-                continue
-            layer = self.layers[li]
-            frozen = [(p, _saved_diff(p, gpu)) for p, learns
-                      in zip(layer.blobs, layer.param_propagate_down) if not learns]
-            run = layer.backward_gpu if gpu else layer.backward
-            run(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
-            for p, saved in frozen:        # lr_mult 0: Caffe computes no gradient
-                _restore_diff(p, saved, gpu)
+            for hook in before:
+                hook(li)
+            if self.layer_need_backward[li]:
+                self._backward_layer(li, gpu)
+            for hook in after:
+                hook(li)
+
+    def _backward_layer(self, li, gpu):
+        layer = self.layers[li]
+        frozen = [(p, _saved_diff(p, gpu)) for p, learns
+                  in zip(layer.blobs, layer.param_propagate_down) if not learns]
+        run = layer.backward_gpu if gpu else layer.backward
+        run(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
+        for p, saved in frozen:        # lr_mult 0: Caffe computes no gradient
+            _restore_diff(p, saved, gpu)
 
     def backward(self, diffs=None, start=None, end=None, **top_diffs):
         """Set output diffs (name=array), run backward, return {input: diff}."""
@@ -459,12 +539,108 @@ class Net:
         self.backward_from_to()
         return self.loss
 
+    # pycaffe's _forward(start, end) and _backward(start, end), by layer index.
+    _forward = forward_from_to
+    _backward = backward_from_to
+
+    # ------------------------------------------------------------------
+    # Batched passes (pycaffe's forward_all / forward_backward_all)
+    # ------------------------------------------------------------------
+    def forward_all(self, blobs=None, **inputs):
+        """Run `inputs` (name=array, as many items each) through the net in
+        batches of the net's batch size (the first dimension of its first
+        blob), the last batch padded with zeros.  Returns {name: array}
+        for the outputs and `blobs`, one row per item, padding dropped."""
+        count = _item_count(inputs, "forward_all")
+        names = set(self.outputs) | set(blobs or ())
+        parts = {name: [] for name in names}
+        for batch in self._batch(inputs):
+            outs = self.forward(blobs=blobs, **batch)
+            for name in names:
+                parts[name].append(self._rows(name, outs[name], "forward_all"))
+        return {name: np.concatenate(rows)[:count] for name, rows in parts.items()}
+
+    def forward_backward_all(self, blobs=None, diffs=None, **arrays):
+        """forward_all and backward together: `arrays` holds inputs (fed
+        forward) and output diffs (fed backward), as many items each; a pass
+        lacking its arrays runs on what the blobs hold.  Returns
+        ({output or blob: data}, {input or diff: gradient}), one row per item."""
+        count = _item_count(arrays, "forward_backward_all")
+        unknown = sorted(set(arrays) - set(self.inputs) - set(self.outputs))
+        if unknown:
+            raise KeyError(f"net '{self.name}': forward_backward_all takes inputs "
+                           f"{self.inputs} and output diffs {self.outputs}, got {unknown}")
+        forward_batches = self._batch({n: arrays[n] for n in self.inputs if n in arrays})
+        backward_batches = self._batch({n: arrays[n] for n in self.outputs if n in arrays})
+        outs = {name: [] for name in set(self.outputs) | set(blobs or ())}
+        grads = {name: [] for name in set(self.inputs) | set(diffs or ())}
+        for fb, bb in itertools.zip_longest(forward_batches, backward_batches, fillvalue={}):
+            for name, value in self.forward(blobs=blobs, **fb).items():
+                outs[name].append(self._rows(name, value, "forward_backward_all"))
+            for name, value in self.backward(diffs=diffs, **bb).items():
+                grads[name].append(self._rows(name, value, "forward_backward_all"))
+        return ({name: np.concatenate(rows)[:count] for name, rows in outs.items()},
+                {name: np.concatenate(rows)[:count] for name, rows in grads.items()})
+
+    def _batch_size(self):
+        first = next(iter(self.blobs.values()), None)
+        if first is None or not first.shape:
+            raise ValueError(f"net '{self.name}' has no batch size (its first blob has no "
+                             "first dimension) to cut arrays into batches")
+        return first.shape[0]
+
+    def _batch(self, arrays):
+        """pycaffe's Net._batch: yield {name: batch} over `arrays` (as many
+        items each), `_batch_size()` items at a time, the last batch padded
+        with zeros; nothing for no arrays."""
+        if not arrays:
+            return
+        arrays = {name: np.asarray(a) for name, a in arrays.items()}
+        size = self._batch_size()
+        count = _item_count(arrays, "a batched pass")
+        for start in range(0, count, size):
+            batch = {}
+            for name, array in arrays.items():
+                part = array[start:start + size]
+                if len(part) < size:
+                    padding = np.zeros((size - len(part),) + part.shape[1:], part.dtype)
+                    part = np.concatenate([part, padding])
+                batch[name] = part
+            yield batch
+
+    def _rows(self, name, array, what):
+        """A copy of a blob's batch, checked to have one row per item."""
+        size = self._batch_size()
+        if array.ndim == 0 or array.shape[0] != size:
+            raise ValueError(f"net '{self.name}': {what} splits blobs into one row per item, "
+                             f"but blob '{name}' has shape {array.shape} for a batch of "
+                             f"{size}; use forward() for it")
+        return array.copy()
+
     def set_input_arrays(self, data, labels):
-        """Give the net's MemoryData layer its arrays (pycaffe's name)."""
-        layers = [layer for layer in self.layers if layer.type == "MemoryData"]
-        if not layers:
-            raise LayerError(f"net '{self.name}' has no MemoryData layer")
-        layers[0].set_input_arrays(data, labels)
+        """pycaffe's set_input_arrays: `data` (N x channels x height x
+        width) and `labels` (N, or N x 1 x 1 x 1) for the MemoryData layer,
+        which must be the net's first layer; N a multiple of its batch
+        size.  pycaffe's checks, with its messages; any real dtype is taken
+        (as float32) where pycaffe demands float32."""
+        first = self.layers[0] if self.layers else None
+        if first is None or first.type != "MemoryData":
+            found = f" (it is '{first.name}', type {first.type})" if first is not None else ""
+            raise LayerError(f"net '{self.name}': set_input_arrays may only be called if the "
+                             f"first layer is a MemoryDataLayer{found}")
+        data, labels = np.asarray(data), np.asarray(labels)
+        if labels.ndim == 1:
+            labels = labels[:, np.newaxis, np.newaxis, np.newaxis]
+        p = first.param.memory_data_param
+        _check_memory_array(first, data, "data array", (p.channels, p.height, p.width))
+        _check_memory_array(first, labels, "labels array", (1, 1, 1))
+        if len(data) != len(labels):
+            raise first.error(f"data and labels must have the same first dimension "
+                              f"({len(data)} and {len(labels)})")
+        if len(data) % p.batch_size:
+            raise first.error(f"first dimensions of input arrays must be a multiple of batch "
+                              f"size ({len(data)} items, batch size {p.batch_size})")
+        first.set_input_arrays(data, labels)
 
     def close(self):
         """Stop the data layers' prefetch threads and close their sources."""
@@ -513,6 +689,37 @@ class Net:
                         f"weights have {blob_shape(bp)}, the net expects {target.shape}")
                 target.data[...] = blob_to_array(bp, shape=target.shape)
 
+    def save_hdf5(self, path):
+        """pycaffe's save_hdf5: the parameters in Caffe's HDF5 layout,
+        whatever the file's extension."""
+        from .io import hdf5
+        hdf5.write_net(self, path)
+
+    def load_hdf5(self, path):
+        """pycaffe's load_hdf5: parameters from Caffe's HDF5 layout (as
+        CopyTrainedLayersFromHDF5), whatever the file's extension."""
+        from .io import hdf5
+        hdf5.copy_into_net(self, path)
+
+    def share_with(self, other):
+        """Caffe's ShareTrainedLayersWith (pycaffe's share_with): every layer
+        named like one of net `other` uses that layer's parameter data (the
+        same memory: updates show at once); gradients stay separate."""
+        for name, source in other.layer_dict.items():
+            target = self.layer_dict.get(name)
+            if target is None:
+                continue
+            if len(target.blobs) != len(source.blobs):
+                raise LayerError(f"cannot share the weights of layer '{name}': incompatible "
+                                 f"number of blobs ({len(source.blobs)} in net '{other.name}', "
+                                 f"{len(target.blobs)} in net '{self.name}')")
+            for i, (src, dst) in enumerate(zip(source.blobs, target.blobs)):
+                if src.shape != dst.shape:
+                    raise LayerError(f"cannot share param {i} weights from layer '{name}'; "
+                                     f"shape mismatch.  Source param shape is {src.shape}; "
+                                     f"target param shape is {dst.shape}")
+                dst.share_data(src)
+
     def to_proto(self, write_diff=False):
         """The net's definition with its parameters, as Caffe's Net::ToProto
         (automatic Split layers left out)."""
@@ -540,6 +747,34 @@ class Net:
     def __repr__(self):
         return f"<Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} " \
                f"layers={len(self.layers)}>"
+
+
+def _item_count(arrays, what):
+    """The number of items of each of `arrays` (name -> array), which must
+    be the same for all and at least one array."""
+    if not arrays:
+        raise ValueError(f"{what} needs the arrays to run as keywords, e.g. data=images")
+    counts = {}
+    for name, array in arrays.items():
+        if np.ndim(array) == 0:
+            raise ValueError(f"{what}: '{name}' must be an array of items, got {array!r}")
+        counts[name] = len(array)
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"{what}: the arrays must have as many items each, got {counts}")
+    count = next(iter(counts.values()))
+    if count == 0:
+        raise ValueError(f"{what}: the arrays have no items")
+    return count
+
+
+def _check_memory_array(layer, array, what, item_shape):
+    """pycaffe's CheckContiguousArray, on the shape (see set_input_arrays)."""
+    if array.ndim != 4:
+        raise layer.error(f"{what} must be 4-d, got shape {array.shape}")
+    for axis, name in enumerate(("number of channels", "height", "width"), start=1):
+        if array.shape[axis] != item_shape[axis - 1]:
+            raise layer.error(f"{what} has wrong {name}: {array.shape[axis]}, the layer "
+                              f"expects {item_shape[axis - 1]}")
 
 
 def _saved_diff(blob, gpu):

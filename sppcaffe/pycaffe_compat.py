@@ -1,8 +1,21 @@
-"""What a Python layer written for pycaffe finds when it does ``import caffe``.
+"""What code written for pycaffe finds when it does ``import caffe``: the
+one place that decides whether a real Caffe is installed, the stand-in
+module ``caffe`` used where none is, and pycaffe's module-level functions
+that have no other home (``layer_type_list``, ``init_log``, ``log``).
 
-Caffe's ``type: "Python"`` layers live in ordinary modules that start with
-``import caffe`` and subclass ``caffe.Layer``.  sppcaffe runs them
-unchanged; how ``import caffe`` resolves, exactly:
+Two kinds of code get the stand-in:
+
+- Python layers.  Caffe's ``type: "Python"`` layers live in ordinary
+  modules that start with ``import caffe`` and subclass ``caffe.Layer``;
+  sppcaffe runs them unchanged, registering the stand-in (rule 3 below)
+  on its own before importing the first one.
+- Whole scripts, by opt-in only: ``python -m sppcaffe.as_caffe script.py``
+  or ``import sppcaffe.as_caffe`` (or ``sppcaffe.install_as_caffe()``)
+  before ``import caffe``.  The opt-in refuses (``RealCaffeInstalled``,
+  naming where that Caffe is) where rule 1 or 2 finds a real Caffe, so
+  asking for sppcaffe never silently gives, nor hides, another Caffe.
+
+How ``import caffe`` resolves, exactly:
 
 1. If a module named ``caffe`` is already imported, it is used as it is.
 2. Otherwise, if a real Caffe is importable (``importlib.util.find_spec``
@@ -15,7 +28,11 @@ unchanged; how ``import caffe`` resolves, exactly:
    ``sys.modules`` (once, before importing the first Python layer's
    module; ``install()`` does it on demand).  It has ``Layer`` (pycaffe's
    layer base, below), ``TRAIN``/``TEST`` (the same ints as sppcaffe's),
-   ``caffe.proto.caffe_pb2`` (sppcaffe's generated schema), and every other
+   ``caffe.proto.caffe_pb2`` (sppcaffe's generated schema), pycaffe's
+   submodules that sppcaffe has (``caffe.io``, ``caffe.net_spec``,
+   ``caffe.classifier``, ``caffe.detector``, ``caffe.draw``, and
+   ``caffe.pycaffe`` for ``from caffe.pycaffe import Net``), registered in
+   sys.modules so that ``import caffe.io`` works too, and every other
    name is looked up on the ``sppcaffe`` package (``Net``, ``SGDSolver``,
    ``get_solver``, ``set_mode_gpu``, ``set_random_seed``, ...).  It is
    marked ``__sppcaffe_standin__ = True``: code that needs to know whether
@@ -34,13 +51,24 @@ layer's learnable blobs, a list that ``self.blobs.add_blob(*shape)`` grows
 (zero-filled blobs); ``self.type`` is ``"Python"``.
 """
 import functools
+import importlib
 import importlib.util
+import logging
+import os
 import sys
 import types
 
 from .blob import Blob
 
 STANDIN_FLAG = "__sppcaffe_standin__"
+# pycaffe's submodules that sppcaffe has: `caffe.<key>` is sppcaffe's module.
+SUBMODULES = {"io": "sppcaffe.io", "net_spec": "sppcaffe.net_spec",
+              "classifier": "sppcaffe.classifier", "detector": "sppcaffe.detector",
+              "draw": "sppcaffe.draw"}
+
+
+class RealCaffeInstalled(ImportError):
+    """sppcaffe was asked to be ``caffe`` where a real Caffe is importable."""
 
 
 class BlobVec(list):
@@ -112,18 +140,28 @@ def _rebased(cls):
     return type(cls.__name__, (Layer,), namespace)
 
 
-def real_caffe_available():
-    """Whether ``import caffe`` would give something other than the
-    stand-in: a module already imported as ``caffe``, or one on sys.path."""
+def real_caffe_location():
+    """Where the Caffe is that ``import caffe`` would give instead of the
+    stand-in (a module already imported as ``caffe``, or one on sys.path):
+    its file, or None where there is none."""
     module = sys.modules.get("caffe")
     if module is not None:
-        return not getattr(module, STANDIN_FLAG, False)
+        if getattr(module, STANDIN_FLAG, False):
+            return None
+        return getattr(module, "__file__", None) or repr(module)
     try:
         spec = importlib.util.find_spec("caffe")
     except (ImportError, ValueError):
-        return False
+        return None
     # Namespace packages (a bare `caffe` folder) have no origin.
-    return spec is not None and spec.origin not in (None, "namespace")
+    if spec is None or spec.origin in (None, "namespace"):
+        return None
+    return spec.origin
+
+
+def real_caffe_available():
+    """Whether ``import caffe`` would give something other than the stand-in."""
+    return real_caffe_location() is not None
 
 
 def install():
@@ -136,7 +174,22 @@ def install():
     sys.modules["caffe"] = module
     sys.modules["caffe.proto"] = module.proto
     sys.modules["caffe.proto.caffe_pb2"] = module.proto.caffe_pb2
+    for name in list(SUBMODULES) + ["pycaffe"]:
+        sys.modules[f"caffe.{name}"] = getattr(module, name)
     return module
+
+
+def install_as_caffe():
+    """The opt-in: make ``import caffe`` give sppcaffe (the stand-in) in
+    this process, and return that module.  Raises RealCaffeInstalled where
+    a real Caffe is importable: it is never shadowed."""
+    where = real_caffe_location()
+    if where is not None:
+        raise RealCaffeInstalled(
+            f"a real Caffe is importable as 'caffe' ({where}); sppcaffe does not shadow it. "
+            "To run on sppcaffe, take that Caffe off sys.path / PYTHONPATH, or write "
+            "'import sppcaffe as caffe'")
+    return install()
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,6 +207,9 @@ def _standin():
     proto.__path__ = []
     proto.caffe_pb2 = caffe_pb2
     module.proto = proto
+    for name, target in SUBMODULES.items():
+        setattr(module, name, importlib.import_module(target))
+    module.pycaffe = module           # pycaffe.py's names (Net, SGDSolver, ...) are the module's
 
     def __getattr__(name):
         try:
@@ -164,3 +220,72 @@ def _standin():
 
     module.__getattr__ = __getattr__
     return module
+
+
+# ---------------------------------------------------------------------------
+# pycaffe's module-level functions
+# ---------------------------------------------------------------------------
+def layer_type_list():
+    """pycaffe's layer_type_list(): every registered layer type, sorted as
+    Caffe's registry (a std::map keyed by the type name) lists them."""
+    from .layer import LAYER_TYPES
+    return sorted(LAYER_TYPES)
+
+
+# glog's severities 0-3 (INFO, WARNING, ERROR, FATAL) as logging levels.
+GLOG_LEVELS = (logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+_undo_console_log = None
+
+
+def glog_level(severity):
+    """The logging level of glog severity `severity` (an int or a string
+    of one, as GLOG_minloglevel holds it); clamped to 0-3."""
+    try:
+        value = int(severity)
+    except (TypeError, ValueError):
+        raise ValueError(f"a glog severity is 0 (INFO), 1 (WARNING), 2 (ERROR) or 3 (FATAL), "
+                         f"got {severity!r}") from None
+    return GLOG_LEVELS[min(max(value, 0), 3)]
+
+
+class GlogMinLevelFilter(logging.Filter):
+    """Drops the records below GLOG_minloglevel, read as each is logged:
+    pycaffe scripts set os.environ["GLOG_minloglevel"] before `import caffe`."""
+
+    def filter(self, record):
+        value = os.environ.get("GLOG_minloglevel")
+        try:
+            return value is None or record.levelno >= glog_level(value)
+        except ValueError:
+            return True
+
+
+def _console_log(level, record_filter=None):
+    """Framework log lines in Caffe's format on stderr from `level` up,
+    replacing what an earlier call set."""
+    global _undo_console_log
+    from .cli.progress import configure_logging
+    if _undo_console_log is not None:
+        _undo_console_log()
+    _undo_console_log = configure_logging(level=level, record_filter=record_filter)
+
+
+def log_like_pycaffe():
+    """What pycaffe shows before init_log: every log line on stderr, down
+    to GLOG_minloglevel (glog logs to stderr until it is initialised)."""
+    _console_log(logging.INFO, GlogMinLevelFilter())
+
+
+def init_log(level=0, stderr=False):
+    """pycaffe's init_log([level[, stderr]]): log lines from glog severity
+    `level` up (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL) on stderr when
+    `stderr` is true; otherwise only ERROR and FATAL reach stderr, as with
+    glog, which writes the rest into log files under /tmp (sppcaffe writes
+    no log files)."""
+    threshold = glog_level(level)
+    _console_log(threshold if stderr else max(threshold, logging.ERROR))
+
+
+def log(message):
+    """pycaffe's log(s): `message` as an INFO line of the framework's log."""
+    logging.getLogger("sppcaffe").info("%s", message)

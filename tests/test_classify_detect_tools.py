@@ -92,8 +92,8 @@ def test_classify_errors(setup, capsys, monkeypatch):
     rc = classify.main([str(tmp / "images"), str(tmp / "x.npy"), "--model_def", model,
                         "--pretrained_model", weights])
     assert rc == 1
-    assert "--mean_file (give '' for no mean) 'python/caffe/imagenet/ilsvrc_2012_mean.npy'" in \
-        capsys.readouterr().err
+    assert "cannot read --mean_file 'python/caffe/imagenet/ilsvrc_2012_mean.npy': no such " \
+        "file (--mean_file '' subtracts no mean)" in capsys.readouterr().err
     rc = classify.main([str(tmp / "images"), str(tmp / "x.npy"), "--ext", "bmp"]
                        + model_flags(model, weights, mean))
     assert rc == 1 and "has no *.bmp images" in capsys.readouterr().err

@@ -66,8 +66,7 @@ def add_model_arguments(parser):
     parser.add_argument("--pretrained_model", default=CAFFE_WEIGHTS,
                         help="Trained model weights file (default: %(default)s).")
     parser.add_argument("--gpu", action="store_true",
-                        help="Switch for gpu computation (the GPU sppcaffe.set_device chose, "
-                             "0 by default).")
+                        help="Switch for gpu computation (GPU 0).")
 
 
 def add_scale_arguments(parser):
@@ -99,7 +98,9 @@ def existing_file(path, flag):
 
 def load_mean(path):
     """A mean file as an array: .npy as saved, .binaryproto as (K, H, W)."""
-    existing_file(path, "--mean_file (give '' for no mean)")
+    if not os.path.isfile(path):
+        raise CliError(f"cannot read --mean_file '{path}': no such file "
+                       "(--mean_file '' subtracts no mean)")
     if path.endswith(".binaryproto"):
         mean = io.read_blobproto(path)
         return mean[0] if mean.ndim == 4 and mean.shape[0] == 1 else mean

@@ -65,12 +65,15 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(stream=None, level=logging.INFO):
+def configure_logging(stream=None, level=logging.INFO, record_filter=None):
     """Send the framework's log records (and Python warnings, such as the
     SPP layer's) to `stream` (default: stderr at the time of writing) in
-    Caffe's format.  Returns a function that undoes it."""
+    Caffe's format; `record_filter` (a logging filter) may drop some.
+    Returns a function that undoes it."""
     handler = ConsoleHandler(stream)
     handler.setFormatter(CaffeLogFormatter())
+    if record_filter is not None:
+        handler.addFilter(record_filter)
     logging.captureWarnings(True)
     saved = []
     for name in LOGGER_NAMES:

@@ -198,6 +198,9 @@ class ConvolutionLayer(Layer):
                 self._forward_pointwise(b.data, w2, y)
                 if bias is not None:
                     y += bias
+            elif self.forward_only:
+                self._col_valid[i] = False
+                self._forward_chunks(b.data, w2, bias, y)
             else:
                 self._forward_columns(self._im2col(i, b.data), w2, bias, y)
 
@@ -207,9 +210,10 @@ class ConvolutionLayer(Layer):
         shift = c if bias is None else bias[:, 0] * a + c
         return w2, shift[:, None]
 
-    def _forward_columns(self, col, w2, bias, y):
+    def _forward_columns(self, col, w2, bias, y, out=None):
         n, o, p = y.shape
-        out = self._buffer("_out_cols", (o, n * p))
+        if out is None:
+            out = self._buffer("_out_cols", (o, n * p))
         for og, kg in zip(self._out_groups, self._col_groups):
             np.matmul(w2[og], col[kg], out=out[og])
         # (O, N, P) -> (N, O, P) is the one copy the batch-wide GEMM costs;
@@ -219,6 +223,42 @@ class ConvolutionLayer(Layer):
             y[...] = out_t
         else:
             np.add(out_t, bias, out=y)
+
+    # Without a backward to keep columns for, im2col runs on a few images at
+    # a time: columns that stay in the cache and, for one image, a GEMM that
+    # writes the top directly.
+    forward_column_bytes = 8 << 20
+
+    def _forward_chunks(self, x, w2, bias, y):
+        n, o, p = y.shape
+        _, c, h, w = x.shape
+        k = self._col_groups[-1].stop
+        step = max(1, min(n, self.forward_column_bytes // (4 * k * p)))
+        ph, pw = self.geom.pad
+        for lo in range(0, n, step):
+            m = min(n, lo + step) - lo
+            col = self._flat("_chunk_cols", k * m * p).reshape(k, m * p)
+            padded = None
+            if (ph, pw) != (0, 0):
+                padded = self._flat("_chunk_padded", m * c * (h + 2 * ph) * (w + 2 * pw))
+                padded = padded.reshape(m, c, h + 2 * ph, w + 2 * pw)
+            im2col(x[lo:lo + m], self.geom, col, padded)
+            if m > 1:
+                out = self._flat("_chunk_out", o * m * p).reshape(o, m * p)
+                self._forward_columns(col, w2, bias, y[lo:lo + m], out)
+                continue
+            for og, kg in zip(self._out_groups, self._col_groups):
+                np.matmul(w2[og], col[kg], out=y[lo, og])
+            if bias is not None:
+                y[lo] += bias
+
+    def _flat(self, name, size):
+        """A 1-D float32 scratch of at least `size` elements, its first `size`."""
+        buf = getattr(self, name, None)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, np.float32)
+            setattr(self, name, buf)
+        return buf[:size]
 
     def _forward_pointwise(self, x, w2, y):
         # 1x1 stride 1: each image's (C, H*W) block already is its column

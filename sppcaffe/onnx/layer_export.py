@@ -90,18 +90,16 @@ class LayerExport:
             result = self.g.node("Mul", [result, self.g.ints([static])])
         return result
 
-    def reshape_merged(self, bottom_index, groups):
-        """The bottom reshaped so that each group of consecutive axes
-        (a range) becomes one axis; dims stay symbolic where dynamic."""
-        parts = [self.product(self.dims(bottom_index, list(group))) for group in groups]
-        return self.g.reshape(self.inputs[bottom_index], _with_one_inferred(parts))
+    def merged_dims(self, bottom_index, groups):
+        """The bottom's dims with each group of axes (a range) multiplied
+        into one: ints, or 1-D int64 tensors where dynamic."""
+        return [self.product(self.dims(bottom_index, list(group))) for group in groups]
 
-
-def _with_one_inferred(parts):
-    """Reshape dims with one symbolic dim replaced by -1 (a constant shape
-    then suffices when the others are static)."""
-    symbolic = [i for i, p in enumerate(parts) if isinstance(p, str)]
-    if len(symbolic) == 1:
-        parts = list(parts)
-        parts[symbolic[0]] = -1
-    return parts
+    def reshape(self, value, parts):
+        """Reshape `value` to dims given as ints or 1-D tensors; a single
+        tensor among them becomes -1, so the shape stays a constant."""
+        symbolic = [i for i, p in enumerate(parts) if isinstance(p, str)]
+        if len(symbolic) == 1:
+            parts = list(parts)
+            parts[symbolic[0]] = -1
+        return self.g.reshape(value, parts)

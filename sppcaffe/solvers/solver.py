@@ -286,7 +286,7 @@ class Solver:
 
     def share_weights(self, net):
         """Make `net` use this solver's trained weights (pycaffe's share_weights)."""
-        share_trained_layers(net, self.net)
+        net.share_with(self.net)
 
     # ------------------------------------------------------------------
     # Training
@@ -429,7 +429,7 @@ class Solver:
         self._requested_early_exit = False      # (as in step(): a stop is for the run it ends)
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
         net = self.test_nets[test_net_id]
-        share_trained_layers(net, self.net)
+        net.share_with(self.net)
         iterations = p.test_iter[test_net_id]
         totals, loss = None, np.float32(0)
         for _ in range(iterations):
@@ -523,22 +523,3 @@ class Solver:
         return (f"<{type(self).__name__} '{self.source}' iter={self.iter} "
                 f"test_nets={len(self.test_nets)}>")
 
-
-def share_trained_layers(target, source):
-    """Caffe's Net::ShareTrainedLayersWith: every layer of `target` named
-    like one of `source` uses that layer's parameter data (the same arrays,
-    so updates show at once); gradients stay separate."""
-    for name, layer in source.layer_dict.items():
-        other = target.layer_dict.get(name)
-        if other is None:
-            continue
-        if len(other.blobs) != len(layer.blobs):
-            raise SolverError(f"cannot share the weights of layer '{name}': incompatible "
-                              f"number of blobs ({len(layer.blobs)} in the train net, "
-                              f"{len(other.blobs)} in the test net)")
-        for i, (src, dst) in enumerate(zip(layer.blobs, other.blobs)):
-            if src.shape != dst.shape:
-                raise SolverError(f"cannot share param {i} weights from layer '{name}'; shape "
-                                  f"mismatch.  Source param shape is {src.shape}; target "
-                                  f"param shape is {dst.shape}")
-            dst.share_data(src)

@@ -13,7 +13,6 @@ variance of ONNX's BatchNormalization.
 import numpy as np
 
 from ...layer import canonical_axis
-from ...layers.scale_bias import learned_operand_shape
 from ..registry import converter
 
 
@@ -113,5 +112,3 @@ def mvn(x):
     stddev = g.node("Add", [stddev, g.floats(layer.eps, "eps")])
     return g.node("Div", [y, stddev])
 
-
-__all__ = ["learned_operand_shape"]
