@@ -52,21 +52,19 @@ def layer_label(layer, rankdir="LR", display_lrm=False):
     bias lr_mult of learning layers."""
     separator = " " if rankdir in ("TB", "BT") else "\n"
     parts = [layer.name]
-    if layer.type == "Pooling":
-        method = caffe_pb2.PoolingParameter.PoolMethod.Name(layer.pooling_param.pool)
-        parts.append(f"(Pooling {method})")
-    else:
-        parts.append(f"({layer.type})")
+    spatial = None
     if layer.type == "Pooling":
         p = layer.pooling_param
-        kernel, stride, pad = p.kernel_size, p.stride, p.pad
-    elif layer.type in ("Convolution", "Deconvolution"):
+        parts.append(f"(Pooling {caffe_pb2.PoolingParameter.PoolMethod.Name(p.pool)})")
+        spatial = p.kernel_size, p.stride, p.pad
+    else:
+        parts.append(f"({layer.type})")
+    if layer.type in ("Convolution", "Deconvolution"):
         p = layer.convolution_param
-        kernel, stride, pad = (first_or(p.kernel_size, 1), first_or(p.stride, 1),
-                               first_or(p.pad, 0))
-    if layer.type in ("Pooling", "Convolution", "Deconvolution"):
-        parts.append(separator.join([f"kernel size: {kernel}", f"stride: {stride}",
-                                     f"pad: {pad}"]))
+        spatial = first_or(p.kernel_size, 1), first_or(p.stride, 1), first_or(p.pad, 0)
+    if spatial:
+        parts.append(separator.join(f"{what}: {value}" for what, value in
+                                    zip(("kernel size", "stride", "pad"), spatial)))
     if display_lrm and layer.type in ("Convolution", "Deconvolution", "InnerProduct"):
         weights_lr, bias_lr = learning_rate_multipliers(layer)
         if weights_lr or bias_lr:

@@ -17,20 +17,22 @@ Each action is the code of the sppcaffe tool that does the same job
 (train_net, test_net, time_net): the flags are turned into that tool's
 arguments, and its options beyond Caffe's are accepted in the same spelling
 (`caffe train -iters 500 -set base_lr=0.02`, `caffe time -data_shape
-data=8,3,224,224`).  As in Caffe, a Caffe flag the action does not read is
-ignored, the log lines are glog's, on stderr, and
--stage takes a comma-separated list (here also repeated flags).  Also read:
-glog's -log_dir DIR (the log is written to DIR as well, under glog's file
-name, with the link DIR/caffe.INFO; GLOG_log_dir in the environment
-too), -minloglevel N (GLOG_minloglevel) and, without effect (the log always
-goes to stderr), -logtostderr, -alsologtostderr, -colorlogtostderr, -v.
+data=8,3,224,224`). As in Caffe, a Caffe flag the action does not read is
+ignored, the log lines are glog's, on stderr, and -stage takes a comma-
+separated list (here also repeated flags). Also read: glog's -log_dir DIR
+(the log is written to DIR as well, under glog's file name, with the link
+DIR/caffe.INFO; GLOG_log_dir in the environment too), -minloglevel N
+(GLOG_minloglevel), -logtostderr (GLOG_logtostderr: no file in -log_dir)
+and, without effect since the log always goes to stderr, -alsologtostderr,
+-colorlogtostderr and -v.
 
 Differences from Caffe: one GPU at a time (`train -gpu 0,1` or `-gpu all`
 on several GPUs is refused; `test` and `time` use the first id, as Caffe
 does); a missing flag or file is one error line, exit status 1, instead of
 an abort; without -level the solver file's train_state.level is kept (Caffe
 sets 0); a solver asking for GPU mode where none opens trains on the CPU
-with a warning (tools/train_net's rule).
+with a warning (tools/train_net's rule); `test` reads -phase and `time`
+reads -weights (Caffe ignores them there).
 """
 import contextlib
 import datetime
@@ -83,7 +85,7 @@ GLOG_FLAGS = [
          "too (DIR/caffe.INFO links to the latest)."),
     Flag("minloglevel", "int32", "0", "Messages logged at a lower level than this don't "
          "actually get logged anywhere (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL)."),
-    Flag("logtostderr", "bool", "false", "Accepted; the log always goes to stderr."),
+    Flag("logtostderr", "bool", "false", "Log to stderr only, with no file in -log_dir."),
     Flag("alsologtostderr", "bool", "false", "Accepted; the log always goes to stderr."),
     Flag("colorlogtostderr", "bool", "false", "Accepted, without effect."),
     Flag("v", "int32", "0", "Accepted, without effect (no VLOG lines)."),

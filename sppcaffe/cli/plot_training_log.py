@@ -11,17 +11,21 @@ The chart types are Caffe's, numbered as there:
     3: Test loss  vs. Seconds            7: Train loss  vs. Seconds
 
 The logs are read with parse_log's tables (sppcaffe/log_parsing.py), so
-they may come from BVLC Caffe or from sppcaffe.  "accuracy" and "loss" are
+they may come from BVLC Caffe or from sppcaffe. "accuracy" and "loss" are
 the test or train outputs of those names, or, where a net names them
-otherwise (loss3/top-1, ...), every output whose name contains the word;
-each is a line, labelled with the log's file name (less ".log").  Unlike
-Caffe's script: nothing is written beside the logs, a log need not end in
-.log, the colours and markers are fixed rather than random, and no window
-opens.
+otherwise, every output of that kind (acc, top-1, loss3/top-5 are
+accuracies; loss3/loss3 a loss); each is a line, labelled with the log's
+file name (less ".log"). "Train loss" is the train net's loss output at
+each displayed iteration (parse_log.py's column), not the smoothed loss of
+"Iteration N, loss = X" that the example read with parse_log.sh. Unlike
+Caffe's script: nothing is written beside
+the logs, a log need not end in .log, the colours and markers are fixed
+rather than random, and no window opens.
 """
 import argparse
 import itertools
 import os
+import re
 import sys
 
 from .. import log_parsing
@@ -67,14 +71,23 @@ def log_label(path):
     return name[:-len(LOG_SUFFIX)] if name.endswith(LOG_SUFFIX) else name
 
 
+def output_kind(name):
+    """'accuracy' or 'loss' for an output name as nets write them
+    (accuracy, acc, loss3/top-5, top_1; loss, loss3/loss3), else None."""
+    name = name.lower()
+    if "acc" in name or re.search(r"top[-_]?\d", name):
+        return "accuracy"
+    return "loss" if "loss" in name else None
+
+
 def columns_for(rows, word):
     """The columns a y field plots: `word` itself where a column has that
-    name, else every output column whose name contains it."""
+    name, else every output column of that kind (see output_kind)."""
     names = list(dict.fromkeys(name for row in rows for name in row))
     if word in names:
         return [word]
     return [name for name in names
-            if name not in log_parsing.KEY_COLUMNS and word.lower() in name.lower()]
+            if name not in log_parsing.KEY_COLUMNS and output_kind(name) == word]
 
 
 def series(path, chart_type):

@@ -5,6 +5,8 @@ its diff before backward, and backward scales the gradient by it.  The
 helpers here (softmax, label bookkeeping, normalization, device sums) also
 serve the loss layers of loss_more.py.
 """
+import math
+
 import numpy as np
 
 from ..backends import gpu
@@ -14,6 +16,23 @@ from ..proto import caffe_pb2
 
 
 FLT_MIN = np.finfo(DTYPE).tiny
+# What truncated_labels gives a value that names no integer: no class, and
+# never equal to an ignore_label (an int32).
+INVALID_LABEL = np.iinfo(np.int64).min
+
+
+def truncated_labels(values):
+    """Float labels as int64, truncated toward zero like Caffe's
+    static_cast<int>, with the range decided in float first: converting NaN,
+    an infinity or a value outside int32's range is undefined in C and
+    differs between platforms (x86 gives the most negative integer, ARM and
+    GPUs 0 or a saturated value), so those become INVALID_LABEL everywhere.
+    The device code reads labels the same way (kernels/labels.cuh)."""
+    values = np.asarray(values)
+    defined = (values >= -2.0 ** 31) & (values < 2.0 ** 31)        # False for NaN
+    labels = np.full(values.shape, INVALID_LABEL, np.int64)
+    labels[defined] = values[defined].astype(np.int64)
+    return labels
 
 
 def softmax(x, axis, out):
@@ -86,14 +105,17 @@ class LabelledPredictions:
 
     def read(self, label_data):
         """Labels as ints (truncated, like Caffe's static_cast), the mask of
-        the positions that count, and labels safe to index with."""
-        labels = label_data.reshape(self.outer, self.inner).astype(np.int64)
+        the positions that count, and labels safe to index with.  A label
+        naming no class (NaN included) is an error here; the device code
+        gives a NaN loss instead, as it cannot raise."""
+        values = label_data.reshape(self.outer, self.inner)
+        labels = truncated_labels(values)
         valid = np.ones(labels.shape, bool) if self.ignore_label is None \
             else labels != self.ignore_label
-        used = labels[valid]
-        if used.size and (used.min() < 0 or used.max() >= self.num_classes):
-            bad = used[(used < 0) | (used >= self.num_classes)][0]
-            raise self.layer.error(f"label value {bad} out of range [0, {self.num_classes})")
+        bad = valid & ((labels < 0) | (labels >= self.num_classes))
+        if bad.any():
+            raise self.layer.error(f"label value {values[bad][0]:g} out of range "
+                                   f"[0, {self.num_classes})")
         return labels, valid, np.where(valid, labels, 0)
 
     def kernel_ignore_args(self):
@@ -285,7 +307,9 @@ class SoftmaxWithLossLayer(LossLayer):
 
 @register("EuclideanLoss")
 class EuclideanLossLayer(LossLayer):
-    """sum((a - b)^2) / (2 N); both inputs may receive a gradient."""
+    """sum((a - b)^2) / (2 N); both inputs may receive a gradient.  An empty
+    batch (N = 0, e.g. after a Filter that keeps nothing) has loss 0 (Caffe
+    divides 0 by 0) and nothing to differentiate."""
 
     def layer_setup(self, bottom, top):
         self._diff = np.empty(0, DTYPE)
@@ -306,11 +330,11 @@ class EuclideanLossLayer(LossLayer):
     def forward(self, bottom, top):
         diff = np.subtract(bottom[0].data, bottom[1].data.reshape(bottom[0].shape), out=self._diff)
         flat = diff.reshape(-1)
-        top[0].data[...] = np.dot(flat, flat) / bottom[0].num / 2
+        top[0].data[...] = np.dot(flat, flat) / max(bottom[0].num, 1) / 2
 
     def backward(self, top, propagate_down, bottom):
         for b, down, sign in zip(bottom, propagate_down, (1.0, -1.0)):
-            if down:
+            if down and b.count:
                 np.multiply(self._diff.reshape(b.shape), DTYPE(sign * self.loss_weight(top) / b.num),
                             out=b.diff)
 
@@ -325,7 +349,7 @@ class EuclideanLossLayer(LossLayer):
     def backward_gpu(self, top, propagate_down, bottom):
         n = bottom[0].count
         for b, down, sign in zip(bottom, propagate_down, (1.0, -1.0)):
-            if down:
+            if down and n:
                 gpu.kernel("euclidean_loss_backward")(n, n, self._dev.floats("diff", n),
                                                       top[0].gpu_diff, sign / b.num,
                                                       b.mutable_gpu_diff)
@@ -391,5 +415,12 @@ class AccuracyLayer(Layer):
         gpu.kernel("loss_normalize")(1, 1, self._sums(terms, 2, positions), 1, 1.0,
                                      top[0].mutable_gpu_data, self._dev.floats("inv_normalizer", 1))
         if len(top) > 1:
-            gpu.kernel("accuracy_per_class")(t.num_classes, t.num_classes, positions, labels, terms,
+            # Counted per class in about sqrt(positions) chunks, then summed
+            # over the chunks: two short steps, both deterministic.
+            classes = t.num_classes
+            chunks = max(1, math.isqrt(positions - 1) + 1) if positions else 1
+            partials = self._dev.get("class_partials", 4 * 2 * classes * chunks)
+            gpu.kernel("accuracy_class_partials")(chunks, chunks, positions, classes, labels,
+                                                  *t.kernel_ignore_args(), terms, partials)
+            gpu.kernel("accuracy_per_class")(classes, classes, chunks, partials,
                                              top[1].mutable_gpu_data)

@@ -186,26 +186,22 @@ class _Exporter:
             producer_name="sppcaffe", producer_version=_version(),
             doc_string="\n".join([f"Exported by sppcaffe from net '{self.net.name}'."]
                                  + self.notes))
-        large = sum(t.ByteSize() for t in graph.initializer) > _EXTERNAL_DATA_BYTES
-        if large and path is None:
-            raise ExportError("the model's weights exceed 2 GiB: give a path to write it "
-                              "(its weights then go to a file beside it)")
-        if not large:
-            onnx.checker.check_model(model)
+        large = self.g.initializer_bytes > _EXTERNAL_DATA_BYTES
+        if large:
+            if path is None:
+                raise ExportError("the model's weights exceed 2 GiB: give a path to write it "
+                                  "(its weights then go to a file beside it)")
+            onnx.save_model(model, os.fspath(path), save_as_external_data=True,
+                            all_tensors_to_one_file=True,
+                            location=os.path.basename(os.fspath(path)) + ".data")
+            onnx.checker.check_model(os.fspath(path))
+            return model
+        data = model.SerializeToString()        # once, for the checker and the file
+        onnx.checker.check_model(data)
         if path is not None:
-            _save(model, path, large)
-            if large:
-                onnx.checker.check_model(os.fspath(path))
+            with open(path, "wb") as f:
+                f.write(data)
         return model
-
-
-def _save(model, path, external):
-    path = os.fspath(path)
-    if external:
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=os.path.basename(path) + ".data")
-    else:
-        onnx.save_model(model, path)
 
 
 def _version():

@@ -8,7 +8,7 @@ by every subgraph (ONNX lets a Loop body read outer-scope values), and
 small ones are made once per value.
 """
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 INT64_MAX = np.iinfo(np.int64).max
 # Constants at most this size are made once per distinct value.
@@ -47,7 +47,8 @@ class Graph:
         self.parent = parent
         self.nodes = []
         self.scope = parent.scope if parent else ""
-        self.initializers = []              # main graph only
+        self.initializers = []              # main graph only: (name, array)
+        self.initializer_bytes = 0
         self._shared = {}                   # small constant key -> name
 
     @property
@@ -77,7 +78,8 @@ class Graph:
             if key in root._shared:
                 return root._shared[key]
         name = self.fresh(hint)
-        root.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        root.initializers.append((name, array))
+        root.initializer_bytes += array.nbytes
         if key is not None:
             root._shared[key] = name
         return name
@@ -162,5 +164,13 @@ class Graph:
         return Graph(self.opset, self.names, parent=self)
 
     def to_proto(self, name, inputs, outputs):
-        return helper.make_graph(self.nodes, name, inputs, outputs,
-                                 initializer=self.initializers if self.parent is None else None)
+        graph = helper.make_graph(self.nodes, name, inputs, outputs)
+        for value_name, array in self.initializers:
+            # Written in place: weights can be hundreds of MB, a copy costs seconds.
+            tensor = graph.initializer.add()
+            tensor.name = value_name
+            tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+            tensor.dims.extend(array.shape)
+            tensor.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"),
+                                                                 copy=False).tobytes()
+        return graph

@@ -522,4 +522,3 @@ class Solver:
     def __repr__(self):
         return (f"<{type(self).__name__} '{self.source}' iter={self.iter} "
                 f"test_nets={len(self.test_nets)}>")
-

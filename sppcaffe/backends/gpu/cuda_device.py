@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import GPUUnavailable
-from .device import Allocation, Device
+from .device import THREADS_PER_BLOCK, Allocation, Device, launch_grid
 from .sources import KERNEL_DIR
 
-THREADS = 256           # threads per block for every grid-stride kernel
-MAX_BLOCKS = 65535
+THREADS = THREADS_PER_BLOCK     # launch shape: device.launch_grid (the host emulation shares it)
 _FORMAT = {"ptr": "P", "i32": "i", "u32": "I", "u64": "Q", "f32": "f"}
 
 INSTALL_HINT = ("GPU mode needs PyCUDA built against the CUDA toolkit and an NVIDIA driver: "
@@ -64,8 +63,8 @@ class CudaDevice(Device):
         function.prepare("".join(_FORMAT[k] for k in kinds))
 
         def launch(count, args):
-            blocks = min((count + THREADS - 1) // THREADS, MAX_BLOCKS)
-            function.prepared_call((blocks, 1), (THREADS, 1, 1), *args)
+            blocks, threads = launch_grid(count)
+            function.prepared_call((blocks, 1), (threads, 1, 1), *args)
         return launch
 
     # ---- memory ------------------------------------------------------
@@ -92,7 +91,22 @@ class CudaDevice(Device):
         self.context.synchronize()
 
     # ---- BLAS (row-major calls turned into cuBLAS's column-major) -------
+    # Empty sizes (an empty batch) are settled here: cuBLAS rejects a leading
+    # dimension of 0 (status 7), and where it accepts an empty sum it leaves
+    # the output untouched instead of scaling it by beta.  The contract of
+    # Device (and HostDevice's NumPy) is a sum over nothing: out = beta out.
+    def _scale_output(self, beta, c, count):
+        if beta == 0:
+            self.memset0(c, 4 * count)
+        elif beta != 1:
+            self.cublas.sscal(count, beta, c)
+
     def gemm(self, trans_a, trans_b, m, n, k, alpha, a, b, beta, c):
+        if m == 0 or n == 0:
+            return
+        if k == 0:
+            self._scale_output(beta, c, m * n)
+            return
         # C^T = op(B)^T op(A)^T: swap the operands instead of transposing.
         lda = m if trans_a else k
         ldb = k if trans_b else n
@@ -100,12 +114,24 @@ class CudaDevice(Device):
 
     def gemm_strided_batched(self, trans_a, trans_b, m, n, k, alpha, a, stride_a, b, stride_b,
                              beta, c, stride_c, batch):
+        if m == 0 or n == 0 or batch == 0:
+            return
+        if k == 0:
+            for i in range(int(batch)):
+                self._scale_output(beta, c + 4 * i * stride_c, m * n)
+            return
         lda = m if trans_a else k
         ldb = k if trans_b else n
         self.cublas.sgemm_strided_batched(int(trans_b), int(trans_a), n, m, k, alpha, b, ldb, stride_b,
                                           a, lda, stride_a, beta, c, n, stride_c, batch)
 
     def gemv(self, trans, m, n, alpha, a, x, beta, y):
+        rows, summed = (n, m) if trans else (m, n)
+        if rows == 0:
+            return
+        if summed == 0:
+            self._scale_output(beta, y, rows)
+            return
         # Row-major A (m x n) is column-major A^T: flip the transpose flag.
         self.cublas.sgemv(0 if trans else 1, n, m, alpha, a, n, x, beta, y)
 

@@ -13,6 +13,27 @@ from .sources import find_kernel
 
 # How each argument kind is turned into what the launcher packs.
 _CONVERT = {"ptr": int, "i32": int, "u32": int, "u64": int, "f32": float}
+# The integer kinds' ranges: ctypes would wrap a value outside silently
+# (2^32 + 3 becomes 3) and PyCUDA's packing refuses it with no kernel named.
+_RANGES = {"i32": (-2 ** 31, 2 ** 31 - 1), "u32": (0, 2 ** 32 - 1), "u64": (0, 2 ** 64 - 1)}
+# Kernels index with 32-bit ints (their counts are `int`), so one launch
+# covers fewer than 2^31 iterations; the loop variable itself is 64-bit.
+MAX_COUNT = 2 ** 31 - 1
+
+# The launch shape of every grid-stride kernel on a GPU (and of the host
+# build's parallel emulation): 256 threads a block, at most 65535 blocks.
+THREADS_PER_BLOCK = 256
+MAX_BLOCKS = 65535
+
+
+def launch_grid(count):
+    """(blocks, threads per block) for a grid-stride loop of `count`."""
+    return min(-(-count // THREADS_PER_BLOCK), MAX_BLOCKS), THREADS_PER_BLOCK
+
+
+class LaunchError(ValueError):
+    """A launch the kernels cannot take (a count or argument outside the
+    32-bit range they index with)."""
 
 
 class Allocation:
@@ -37,8 +58,18 @@ class Kernel:
             raise TypeError(f"kernel '{self.name}' takes {len(self.kinds)} arguments "
                             f"({', '.join(self.kinds)}), got {len(args)}")
         count = int(count)
+        if count > MAX_COUNT:
+            raise LaunchError(f"kernel '{self.name}': {count} elements in one launch; the "
+                              f"kernels index with 32-bit ints, so at most 2^31 - 1 = {MAX_COUNT} "
+                              f"(split the work, e.g. a smaller batch)")
+        values = [c(a) for c, a in zip(self._convert, args)]
+        for position, (kind, value) in enumerate(zip(self.kinds, values)):
+            limits = _RANGES.get(kind)
+            if limits and not limits[0] <= value <= limits[1]:
+                raise LaunchError(f"kernel '{self.name}': argument {position + 1} ({kind}) is "
+                                  f"{value}, outside [{limits[0]}, {limits[1]}]")
         if count > 0:
-            self._launch(count, [c(a) for c, a in zip(self._convert, args)])
+            self._launch(count, values)
 
 
 class Device:

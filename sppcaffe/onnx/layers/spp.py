@@ -6,8 +6,11 @@ uniform (CAFFE always; PAPER always; ADAPTIVE when it coincides, e.g. a 13x13
 map into 6, 3, 2, 1 bins) the level is one MaxPool/AveragePool, otherwise a
 separable reduction per bin band.  With a dynamic input size the bins are
 computed in the graph from the input's height and width with the method's
-integer formulas, so the one graph is exact at every size.  Levels are
-flattened (channel, row, column) and concatenated, as the layer's output.
+integer formulas, so the one graph is exact at every size (at the sizes
+where sppcaffe refuses CAFFE's or PAPER's geometry -- pad >= kernel, a map
+smaller than the bins -- the graph pools what the formulas give instead of
+failing).  Levels are flattened (channel, row, column) and concatenated, as
+the layer's output.
 
 WindowSPP: each window is mapped to map cells as sppcaffe.detection.mapping
 does (in double precision, as it does), cropped from its image's map and
@@ -72,12 +75,6 @@ def spp(x):
         # BVLC's one-level pyramid is the Pooling top itself, (N, C, 1, 1).
         return pool_dynamic_level(x.g, value, layer.is_max, layer.method, 1) if hw is None \
             else pool_static_level(x.g, value, layer.is_max, layer.method, hw, 1)
-    if hw is None:
-        x.note(f"SPP method {layer.method.upper()} computed from the input size in the "
-               "graph: exact at every size" + (
-                   ", including the sizes where sppcaffe refuses the layer's geometry "
-                   "(the graph then pools whatever bins the formulas give)"
-                   if layer.method != geometry.ADAPTIVE else ""))
     return pyramid(x.g, value, layer.is_max, layer.method, layer.levels, hw)
 
 

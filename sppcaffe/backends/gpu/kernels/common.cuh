@@ -2,8 +2,11 @@
 #pragma once
 #include <cfloat>
 
-// Grid-stride loop: correct for any launch size, so the CPU build runs
-// each kernel once with a single "thread".
+// Grid-stride loop: correct for any launch size.  The g++ build's emulated
+// variant (host_shim.h, SPPCAFFE_EMULATE) defines its own, which visits a
+// simulated thread's indices in a chosen order.
+#ifndef CUDA_KERNEL_LOOP
 #define CUDA_KERNEL_LOOP(i, n)                                        \
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; \
        i < (long long)(n); i += (long long)blockDim.x * gridDim.x)
+#endif

@@ -3,10 +3,12 @@
 // turns the sums into the top: no value travels to the host, and the loss
 // weight is read from the top's diff where the net put it.
 // Labels are floats holding class indices, truncated as Caffe's
-// static_cast<int>.  An out-of-range label cannot raise an error here; it
-// makes its terms NaN, so the loss shows it, instead of reading out of
-// bounds.
+// static_cast<int> once labels.cuh has checked them in float.  A label that
+// names no class (NaN, out of range) cannot raise an error here, as the host
+// code does; it makes its terms NaN, so the loss shows it, instead of
+// reading out of bounds or passing for class 0.
 #include "common.cuh"
+#include "labels.cuh"
 
 static __device__ __forceinline__ float loss_nan() { return __int_as_float(0x7fc00000); }
 
@@ -17,11 +19,11 @@ extern "C" __global__ void softmax_loss_forward(int positions, int channels, int
                                                 const float* prob, const float* label,
                                                 int has_ignore, int ignore_label, float* terms) {
   CUDA_KERNEL_LOOP(index, positions) {
-    const int l = (int)label[index];
+    const int l = label_class(label[index], channels, has_ignore, ignore_label);
     float loss = 0.0f, counted = 0.0f;
-    if (!(has_ignore && l == ignore_label)) {
+    if (l != LABEL_IGNORED) {
       counted = 1.0f;
-      if (l < 0 || l >= channels) {
+      if (l == LABEL_INVALID) {
         loss = loss_nan();
       } else {
         const long long at = (index / inner) * channels * inner + (long long)l * inner + index % inner;
@@ -58,11 +60,11 @@ extern "C" __global__ void softmax_loss_backward(int count, int channels, int in
   CUDA_KERNEL_LOOP(i, count) {
     const long long position = (i / ((long long)channels * inner)) * inner + i % inner;
     const int c = (int)((i / inner) % channels);
-    const int l = (int)label[position];
+    const int l = label_class(label[position], channels, has_ignore, ignore_label);
     float g;
-    if (has_ignore && l == ignore_label) {
+    if (l == LABEL_IGNORED) {
       g = 0.0f;
-    } else if (l < 0 || l >= channels) {
+    } else if (l == LABEL_INVALID) {
       g = loss_nan();
     } else {
       g = (prob[i] - (c == l ? 1.0f : 0.0f)) * (loss_weight[0] * inv_normalizer[0]);
@@ -95,11 +97,11 @@ extern "C" __global__ void accuracy_forward(int positions, int channels, int inn
                                             const float* scores, const float* label, int top_k,
                                             int has_ignore, int ignore_label, float* terms) {
   CUDA_KERNEL_LOOP(index, positions) {
-    const int l = (int)label[index];
+    const int l = label_class(label[index], channels, has_ignore, ignore_label);
     float hit = 0.0f, counted = 0.0f;
-    if (!(has_ignore && l == ignore_label)) {
+    if (l != LABEL_IGNORED) {
       counted = 1.0f;
-      if (l < 0 || l >= channels) {
+      if (l == LABEL_INVALID) {
         hit = loss_nan();
       } else {
         const float* s = scores + (index / inner) * channels * inner + index % inner;
@@ -114,19 +116,47 @@ extern "C" __global__ void accuracy_forward(int positions, int channels, int inn
   }
 }
 
-// Per class: hits / labelled positions of that class (0 for a class never
-// seen), from accuracy_forward's terms.  One thread per class gathering
-// over the positions: deterministic, no atomics.
-extern "C" __global__ void accuracy_per_class(int classes, int positions, const float* label,
-                                              const float* terms, float* per_class) {
-  CUDA_KERNEL_LOOP(c, classes) {
-    float hits = 0.0f, total = 0.0f;
-    for (int p = 0; p < positions; ++p) {
-      if ((int)label[p] == c) {
-        hits += terms[p];
-        total += terms[positions + p];
+// Per-class accuracy in two deterministic steps, each thread walking about
+// sqrt(positions) items instead of one thread per class walking them all
+// (millions for a segmentation output).  partials holds two (classes x
+// chunks) int tables: the hits, then the labelled positions, of each class
+// within each chunk; chunk t is the positions t, t + chunks, t + 2 chunks,
+// ... (neighbouring threads read neighbouring labels).  Integer counts are
+// exact, and each thread owns its cells: no atomics, no order to vary.
+// hit: accuracy_forward's terms[position] (1 or 0 for a labelled position).
+extern "C" __global__ void accuracy_class_partials(int chunks, int positions, int classes,
+                                                   const float* label, int has_ignore,
+                                                   int ignore_label, const float* terms,
+                                                   int* partials) {
+  CUDA_KERNEL_LOOP(t, chunks) {
+    int* hits = partials + t;
+    int* totals = partials + (long long)classes * chunks + t;
+    for (int c = 0; c < classes; ++c) {
+      hits[(long long)c * chunks] = 0;
+      totals[(long long)c * chunks] = 0;
+    }
+    for (long long p = t; p < positions; p += chunks) {
+      const int c = label_class(label[p], classes, has_ignore, ignore_label);
+      if (c >= 0) {
+        totals[(long long)c * chunks] += 1;
+        hits[(long long)c * chunks] += terms[p] > 0.5f;
       }
     }
-    per_class[c] = total > 0.0f ? hits / total : 0.0f;
+  }
+}
+
+// Per class: hits / labelled positions over all chunks (0 for a class never
+// seen), divided in float as the host code divides its float32 counts.
+extern "C" __global__ void accuracy_per_class(int classes, int chunks, const int* partials,
+                                              float* per_class) {
+  CUDA_KERNEL_LOOP(c, classes) {
+    const int* hits = partials + c * chunks;
+    const int* totals = partials + ((long long)classes + c) * chunks;
+    long long hit = 0, total = 0;
+    for (int t = 0; t < chunks; ++t) {
+      hit += hits[t];
+      total += totals[t];
+    }
+    per_class[c] = total > 0 ? (float)hit / (float)total : 0.0f;
   }
 }

@@ -1,0 +1,56 @@
+"""Checking an exported model against the net: the same inputs through
+sppcaffe and ONNX Runtime, and each output's relative error (largest
+absolute difference over the largest absolute reference value)."""
+import numpy as np
+
+from ..cli.time_net import num_classes
+
+
+def random_feeds(net, model, seed=0):
+    """Random values for each graph input, at the shape the net has now:
+    class indices for label blobs (read by a loss or accuracy layer), N(0, 1)
+    otherwise."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for info in model.graph.input:
+        shape = net.blobs[info.name].shape
+        classes = num_classes(net, info.name)
+        feeds[info.name] = (rng.integers(0, classes, shape).astype(np.float32) if classes
+                            else rng.standard_normal(shape, dtype=np.float32))
+    return feeds
+
+
+def run_onnx(model, feeds):
+    """{output name: array} from ONNX Runtime on the CPU; `model` is a
+    ModelProto or a path."""
+    import onnxruntime
+    source = model if isinstance(model, str) else model.SerializeToString()
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def relative_error(ours, reference):
+    """max |ours - reference| / max |reference| (NaNs must match)."""
+    ours = np.asarray(ours, np.float64)
+    reference = np.asarray(reference, np.float64)
+    if ours.shape != reference.shape:
+        return np.inf
+    nan = np.isnan(reference)
+    if not np.array_equal(np.isnan(ours), nan):
+        return np.inf
+    ours, reference = ours[~nan], reference[~nan]
+    scale = np.abs(reference).max(initial=0.0)
+    diff = np.abs(ours - reference).max(initial=0.0)
+    return diff / scale if scale > 0 else diff
+
+
+def compare(net, model, feeds=None, seed=0):
+    """{output blob: relative error} of ONNX Runtime's outputs against the
+    net's forward on the same `feeds` (default: random_feeds)."""
+    feeds = random_feeds(net, model, seed) if feeds is None else feeds
+    outputs = [o.name for o in model.graph.output]
+    reference = {name: np.array(value) for name, value in
+                 net.forward(blobs=outputs, **feeds).items()}
+    ours = run_onnx(model, feeds)
+    return {name: relative_error(ours[name], reference[name]) for name in outputs}
