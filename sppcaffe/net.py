@@ -13,6 +13,7 @@ import numpy as np
 
 from . import io
 from .backends import current_device, gpu_mode
+from .backends.gpu import Workspace as GpuWorkspace
 from .blob import Blob
 from .fusion import find_folds
 from .io.caffemodel import blob_matches, blob_shape, blob_to_array
@@ -173,6 +174,7 @@ class Net:
         self._build(with_splits, param.force_backward)
         self._folds = find_folds(self) if fold_batchnorm else []
         self._hooks = {kind: [] for kind in HOOK_KINDS}
+        self._frozen_diffs = GpuWorkspace()     # device copies of lr_mult 0 diffs
         if weights is not None:
             self.copy_from(weights)
 
@@ -514,8 +516,8 @@ class Net:
 
     def _backward_layer(self, li, gpu):
         layer = self.layers[li]
-        frozen = [(p, _saved_diff(p, gpu)) for p, learns
-                  in zip(layer.blobs, layer.param_propagate_down) if not learns]
+        frozen = [(p, _saved_diff(p, gpu, self._frozen_diffs, f"{li}/{i}")) for i, (p, learns)
+                  in enumerate(zip(layer.blobs, layer.param_propagate_down)) if not learns]
         run = layer.backward_gpu if gpu else layer.backward
         run(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
         for p, saved in frozen:        # lr_mult 0: Caffe computes no gradient
@@ -777,17 +779,18 @@ def _check_memory_array(layer, array, what, item_shape):
                               f"expects {item_shape[axis - 1]}")
 
 
-def _saved_diff(blob, gpu):
+def _saved_diff(blob, gpu, scratch, name):
+    """A copy of the blob's diff; on the device in `scratch` (a gpu
+    Workspace) under `name`, a buffer kept for the next pass."""
     if not gpu:
         return blob.diff.copy()
-    device = current_device()
-    saved = device.alloc(4 * blob.count)
-    device.copy(saved.ptr, blob.gpu_diff, 4 * blob.count)
+    saved = scratch.get(name, 4 * blob.count)
+    current_device().copy(saved, blob.gpu_diff, 4 * blob.count)
     return saved
 
 
 def _restore_diff(blob, saved, gpu):
     if gpu:
-        current_device().copy(blob.mutable_gpu_diff, saved.ptr, 4 * blob.count)
+        current_device().copy(blob.mutable_gpu_diff, saved, 4 * blob.count)
     else:
         blob.diff[...] = saved

@@ -11,9 +11,10 @@ blob gets the blob's name, so any blob can be asked for as an output under
 its Caffe name.  The tops of data layers (Input, Data, ...) become graph
 inputs; they hold what the layer would hand to the net (transformed data).
 """
+import json
 import os
+import warnings
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -25,6 +26,8 @@ from .shapes import probe_dynamic_axes
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13          # Softmax over one axis, Reduce/Unsqueeze/Split forms used here
+# Model metadata: {ONNX output name: blob} for outputs not named as their blob.
+RENAMED_OUTPUTS = "sppcaffe.renamed_outputs"
 # Protobuf cannot write a message over 2 GiB: larger models keep their
 # weights in a file beside the model.
 _EXTERNAL_DATA_BYTES = 1800 << 20
@@ -169,11 +172,17 @@ class _Exporter:
         self.last_write = self._last_writes()
         for i in self.steps:
             self._convert(i)
-        outputs = []
+        outputs, renamed = [], {}
         for name in self.wanted:
             value = self.value[name]
             if value != name:
-                target = name if name not in self.bound else self.g.names.fresh(f"{name}_out")
+                target = name
+                if name in self.bound:
+                    # An input blob written in place: the input keeps the name.
+                    target = renamed[name] = self.g.names.fresh(f"{name}_out")
+                    self.notes.append(f"output '{name}' is named '{target}': the graph input "
+                                      f"'{name}' holds its name")
+                    warnings.warn(self.notes[-1], stacklevel=3)
                 self.g.node("Identity", [value], [target])
                 self.bound.add(target)
                 value = target
@@ -186,6 +195,9 @@ class _Exporter:
             producer_name="sppcaffe", producer_version=_version(),
             doc_string="\n".join([f"Exported by sppcaffe from net '{self.net.name}'."]
                                  + self.notes))
+        if renamed:
+            helper.set_model_props(model, {RENAMED_OUTPUTS: json.dumps(
+                {onnx_name: blob for blob, onnx_name in renamed.items()})})
         large = self.g.initializer_bytes > _EXTERNAL_DATA_BYTES
         if large:
             if path is None:

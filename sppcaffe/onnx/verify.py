@@ -1,9 +1,12 @@
 """Checking an exported model against the net: the same inputs through
 sppcaffe and ONNX Runtime, and each output's relative error (largest
 absolute difference over the largest absolute reference value)."""
+import json
+
 import numpy as np
 
 from ..cli.time_net import num_classes
+from .export import RENAMED_OUTPUTS
 
 
 def random_feeds(net, model, seed=0):
@@ -31,17 +34,17 @@ def run_onnx(model, feeds):
 
 
 def relative_error(ours, reference):
-    """max |ours - reference| / max |reference| (NaNs must match)."""
+    """max |ours - reference| / max |reference| over the finite values;
+    NaNs and infinities must match exactly."""
     ours = np.asarray(ours, np.float64)
     reference = np.asarray(reference, np.float64)
     if ours.shape != reference.shape:
         return np.inf
-    nan = np.isnan(reference)
-    if not np.array_equal(np.isnan(ours), nan):
+    same = (ours == reference) | (np.isnan(ours) & np.isnan(reference))
+    if not np.isfinite(reference[~same]).all() or not np.isfinite(ours[~same]).all():
         return np.inf
-    ours, reference = ours[~nan], reference[~nan]
-    scale = np.abs(reference).max(initial=0.0)
-    diff = np.abs(ours - reference).max(initial=0.0)
+    scale = np.abs(reference[np.isfinite(reference)]).max(initial=0.0)
+    diff = np.abs(ours[~same] - reference[~same]).max(initial=0.0)
     return diff / scale if scale > 0 else diff
 
 
@@ -49,8 +52,16 @@ def compare(net, model, feeds=None, seed=0):
     """{output blob: relative error} of ONNX Runtime's outputs against the
     net's forward on the same `feeds` (default: random_feeds)."""
     feeds = random_feeds(net, model, seed) if feeds is None else feeds
-    outputs = [o.name for o in model.graph.output]
+    blobs = output_blobs(model)
     reference = {name: np.array(value) for name, value in
-                 net.forward(blobs=outputs, **feeds).items()}
+                 net.forward(blobs=list(blobs.values()), **feeds).items()}
     ours = run_onnx(model, feeds)
-    return {name: relative_error(ours[name], reference[name]) for name in outputs}
+    return {blob: relative_error(ours[name], reference[blob]) for name, blob in blobs.items()}
+
+
+def output_blobs(model):
+    """{ONNX output name: the blob it holds} (the same name but for an
+    input blob written in place, whose input keeps the name)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    renamed = json.loads(props.get(RENAMED_OUTPUTS, "{}"))
+    return {o.name: renamed.get(o.name, o.name) for o in model.graph.output}

@@ -30,17 +30,20 @@ def ones(count):
 
 
 class Workspace:
-    """Device scratch buffers by name, reused while the size holds (the
-    device twin of ``sppcaffe.workspace.Workspace``)."""
+    """Device scratch buffers by name, kept between calls and reused while
+    they are large enough: a smaller request (a shorter batch, fewer
+    windows) takes no new memory, since every free of device memory
+    synchronises the device."""
 
     def __init__(self):
         self._buffers = {}
 
     def get(self, name, nbytes):
-        """The address of an uninitialised device buffer of `nbytes`."""
+        """The address of an uninitialised device buffer of at least `nbytes`."""
         nbytes = max(int(nbytes), 4)
         held = self._buffers.get(name)
-        if held is None or held.nbytes != nbytes or held.device is not current_device():
+        if held is None or held.nbytes < nbytes or held.device is not current_device():
+            self._buffers.pop(name, None)          # freed before the new one is taken
             held = self._buffers[name] = current_device().alloc(nbytes)
         return held.ptr
 

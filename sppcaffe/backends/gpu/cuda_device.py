@@ -45,14 +45,41 @@ class CudaDevice(Device):
         # The primary context is the one the CUDA runtime (and so cuBLAS) uses.
         self.context = self.gpu.retain_primary_context()
         self.context.push()
-        atexit.register(self._close)
-        self.cublas = Cublas()
-
-    def _close(self):
+        self.cublas = None
+        self._open = True
+        atexit.register(self._release_at_exit)
         try:
+            self.cublas = Cublas()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Release the GPU: destroy the cuBLAS handle, pop this device's
+        context and release the primary context it retained.  Idempotent;
+        the device is unusable afterwards.  Drop the nets and blobs that used
+        it first: their memory is freed in this context."""
+        if self._open:
+            atexit.unregister(self._release_at_exit)
+            self._release(detach=True)
+
+    def _release_at_exit(self):
+        # Blobs still alive at exit are freed after the exit hooks, each in
+        # its context, so the primary context is kept (the driver ends it with
+        # the process); the handle goes and the context is popped.
+        if self._open:
+            self._release(detach=False)
+
+    def _release(self, detach):
+        self._open = False
+        self._ones = None               # freed now, while the context lives
+        try:
+            if self.cublas is not None:
+                self.cublas.destroy()
+        finally:
             self.cuda.Context.pop()
-        except Exception:
-            pass
+            if detach:
+                self.context.detach()
 
     def _compile(self, path):
         from pycuda.compiler import SourceModule
@@ -156,6 +183,15 @@ class Cublas:
         self.lib = self._load()
         self.handle = ctypes.c_void_p()
         self._check(self.lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+        self._live = True
+
+    def destroy(self):
+        """cublasDestroy: frees the handle's resources; later calls get a null
+        handle, which cuBLAS refuses (not initialized).  Idempotent."""
+        if self._live:
+            self._live = False
+            handle, self.handle = self.handle, ctypes.c_void_p()
+            self._check(self.lib.cublasDestroy_v2(handle), "cublasDestroy")
 
     def _load(self):
         names = list(self.LIBRARIES)

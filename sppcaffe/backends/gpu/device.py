@@ -7,9 +7,11 @@ both.  Addresses are plain ints; offsets are the caller's
 (``ptr + 4 * elements`` for float32).  Matrices are row-major and packed,
 with Caffe's ``caffe_gpu_gemm``/``caffe_gpu_gemv`` argument order.
 """
+from pathlib import Path
+
 import numpy as np
 
-from .sources import find_kernel
+from .sources import find_kernel, parse_signatures
 
 # How each argument kind is turned into what the launcher packs.
 _CONVERT = {"ptr": int, "i32": int, "u32": int, "u64": int, "f32": float}
@@ -100,6 +102,13 @@ class Device:
                 module = self._modules[path] = self._compile(path)
             kernel = self._kernels[name] = Kernel(name, kinds, self._launcher(module, name, kinds))
         return kernel
+
+    def kernels_in(self, path):
+        """{name: Kernel} for every kernel of one .cu file anywhere (``kernel``
+        looks in kernels/ only), compiled for this device."""
+        module = self._compile(Path(path))
+        return {name: Kernel(name, kinds, self._launcher(module, name, kinds))
+                for name, kinds in parse_signatures(path).items()}
 
     # Each device provides these.
     def _compile(self, path):

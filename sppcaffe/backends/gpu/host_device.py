@@ -6,6 +6,13 @@ GPU.  "Device" memory is separate host memory here, so a missing copy
 between host and device shows up as a wrong number just as on a GPU.
 Kernels are built once per source with g++ (host_shim.h supplies the CUDA
 built-ins) and the shared objects are cached on disk by content hash.
+
+By default one thread walks every index of a launch in order.  A GPU
+promises no order, so ``HostDevice(order=...)`` runs the emulated build
+instead: "reversed" and "shuffled" (seeded, a new shuffle every launch)
+walk the indices in that order, "parallel" runs CUDA's launch shape of
+simulated threads on OpenMP workers with real atomics.  A kernel whose
+results differ between the orders would differ between GPU runs.
 """
 import ctypes
 import hashlib
@@ -17,12 +24,24 @@ from pathlib import Path
 import numpy as np
 
 from .. import GPUUnavailable
-from .device import Allocation, Device
-from .sources import COMMON_HEADER, HOST_SHIM, KERNEL_DIR
+from .device import Allocation, Device, launch_grid
+from .sources import COMMON_HEADER, HOST_SHIM, KERNEL_DIR, parse_signatures
 
 CXX_FLAGS = ["-O2", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math", "-x", "c++"]
+EMULATION_FLAGS = ["-fopenmp", "-DSPPCAFFE_EMULATE"]
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u32": ctypes.c_uint32,
            "u64": ctypes.c_uint64, "f32": ctypes.c_float}
+
+# How a launch's indices are walked; the first is the plain build's.
+ORDERS = ("natural", "reversed", "shuffled", "parallel")
+_ORDER_CODES = {"reversed": 1, "shuffled": 2, "parallel": 0}     # host_shim.h's enum
+
+
+class _Launch(ctypes.Structure):
+    """host_shim.h's sppcaffe_launch."""
+    _fields_ = [("blocks", ctypes.c_longlong), ("threads_per_block", ctypes.c_longlong),
+                ("seed", ctypes.c_ulonglong), ("order", ctypes.c_int), ("parallel", ctypes.c_int),
+                ("workers", ctypes.c_int)]
 
 
 def cache_dir():
@@ -45,44 +64,87 @@ def _matrix(ptr, rows, cols, trans):
 
 
 class HostDevice(Device):
-    name = "host (CUDA kernels built for the CPU)"
+    """order: one of ORDERS; seed: the shuffles' (reproducible per device);
+    workers: OpenMP threads of the parallel order (more than the cores
+    interleave the simulated threads more)."""
 
-    def __init__(self, compiler="g++"):
+    def __init__(self, compiler="g++", order="natural", seed=0, workers=4):
         super().__init__()
-        self.compiler = compiler
+        if order not in ORDERS:
+            raise ValueError(f"HostDevice order {order!r}: expected one of {', '.join(ORDERS)}")
+        self.compiler, self.order, self.seed, self.workers = compiler, order, int(seed), int(workers)
+        self.emulated = order != "natural"
+        self.launches = 0
+        suffix = "" if order == "natural" else f", {order} order"
+        self.name = f"host (CUDA kernels built for the CPU{suffix})"
+        if self.emulated:
+            # Idle OpenMP workers sleep instead of spinning on the shared cores
+            # (read when libgomp loads, so before the first emulated build).
+            os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
     def _compile(self, path):
+        path = Path(path)
         flags = CXX_FLAGS + ["-include", str(HOST_SHIM), "-I", str(KERNEL_DIR)]
+        source = None           # the plain build compiles the file itself
+        if self.emulated:
+            flags += EMULATION_FLAGS
+            exports = "".join(f"SPPCAFFE_EXPORT_LAUNCHER({name})\n"
+                              for name in parse_signatures(path))
+            source = f'#include "{path.resolve()}"\n{exports}'
         digest = hashlib.sha256()
         for part in (HOST_SHIM, COMMON_HEADER, path):
             digest.update(Path(part).read_bytes())
         digest.update(" ".join([self.compiler] + flags).encode())
+        if source is not None:
+            digest.update(exports.encode())     # not the path: copies share a build
         target = cache_dir() / f"{path.stem}-{digest.hexdigest()[:16]}.so"
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            try:
-                result = subprocess.run([self.compiler, *flags, str(path), "-o", tmp],
-                                        capture_output=True, text=True)
-            except FileNotFoundError:
-                os.unlink(tmp)
-                raise GPUUnavailable(f"the host build of the CUDA kernels needs a C++ compiler; "
-                                     f"'{self.compiler}' was not found") from None
-            if result.returncode != 0:
-                os.unlink(tmp)
-                raise RuntimeError(f"g++ failed on {path.name}:\n{result.stderr}")
-            os.replace(tmp, target)     # atomic: a concurrent build never sees half a file
+            self._build(path, flags, source, target)
         return ctypes.CDLL(str(target))
 
+    def _build(self, path, flags, source, target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        command = [self.compiler, *flags, "-" if source is not None else str(path), "-o", tmp]
+        try:
+            result = subprocess.run(command, input=source, capture_output=True, text=True)
+        except FileNotFoundError:
+            os.unlink(tmp)
+            raise GPUUnavailable(f"the host build of the CUDA kernels needs a C++ compiler; "
+                                 f"'{self.compiler}' was not found") from None
+        if result.returncode != 0:
+            os.unlink(tmp)
+            raise RuntimeError(f"g++ failed on {path.name}:\n{result.stderr}")
+        os.replace(tmp, target)     # atomic: a concurrent build never sees half a file
+
     def _launcher(self, module, name, kinds):
-        function = getattr(module, name)
-        function.argtypes = [_CTYPES[k] for k in kinds]
-        function.restype = None
+        argtypes = [_CTYPES[k] for k in kinds]
+        if not self.emulated:
+            function = getattr(module, name)
+            function.argtypes = argtypes
+            function.restype = None
+
+            def launch(count, args):
+                function(*args)
+            return launch
+
+        address = ctypes.c_void_p.in_dll(module, f"sppcaffe_launch_{name}").value
+        function = ctypes.CFUNCTYPE(None, ctypes.POINTER(_Launch), *argtypes)(address)
 
         def launch(count, args):
-            function(*args)
+            function(ctypes.byref(self._launch_shape(count)), *args)
         return launch
+
+    def _launch_shape(self, count):
+        """One simulated thread walking the whole loop in the device's
+        order, or CUDA's grid of threads on OpenMP workers."""
+        self.launches += 1
+        parallel = self.order == "parallel"
+        blocks, threads = launch_grid(count) if parallel else (1, 1)
+        seed = (self.seed * 1_000_003 + self.launches) % 2 ** 64
+        return _Launch(blocks, threads, seed, _ORDER_CODES[self.order], int(parallel),
+                       self.workers)
 
     # ---- memory ------------------------------------------------------
     def alloc(self, nbytes):

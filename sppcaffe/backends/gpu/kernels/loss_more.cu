@@ -3,10 +3,12 @@
 // kernels write per-item terms that the layer sums on the device (a gemv
 // with a ones vector) and loss.cu's loss_normalize turns into the top;
 // backward kernels read the loss weight from the top's diff.  Labels are
-// floats holding class indices, truncated as Caffe's static_cast<int>; an
-// out-of-range label cannot raise an error here, so it makes its terms
-// NaN instead of reading out of bounds.
+// floats holding class indices, truncated as Caffe's static_cast<int> once
+// labels.cuh has checked them in float; a label naming no class (NaN, out
+// of range) cannot raise an error here, as the host code does, so it makes
+// its terms NaN instead of reading out of bounds or passing for class 0.
 #include "common.cuh"
+#include "labels.cuh"
 
 // Caffe's kLOG_THRESHOLD: probabilities are clamped to it before the log.
 #define LOSS_LOG_THRESHOLD 1e-20f
@@ -15,6 +17,14 @@ static __device__ __forceinline__ float bad_label_nan() { return __int_as_float(
 
 static __device__ __forceinline__ float sign_of(float x) {
   return (float)((0.0f < x) - (x < 0.0f));
+}
+
+// Whether a target equals ignore_label, compared as the host compares it (a
+// NaN target is never ignored: its loss is NaN).
+static __device__ __forceinline__ bool target_ignored(float target, int has_ignore,
+                                                      int ignore_label) {
+  int label;
+  return has_ignore && label_to_int(target, &label) && label == ignore_label;
 }
 
 // ---- SigmoidCrossEntropyLoss ---------------------------------------------------
@@ -26,7 +36,7 @@ extern "C" __global__ void sigmoid_cross_entropy_loss_forward(int n, const float
                                                               int ignore_label, float* terms) {
   CUDA_KERNEL_LOOP(i, n) {
     float loss = 0.0f, counted = 0.0f;
-    if (!(has_ignore && (int)target[i] == ignore_label)) {
+    if (!target_ignored(target[i], has_ignore, ignore_label)) {
       const float v = x[i];
       loss = fmaxf(v, 0.0f) - v * target[i] + log1pf(expf(-fabsf(v)));
       counted = 1.0f;
@@ -44,7 +54,7 @@ extern "C" __global__ void sigmoid_cross_entropy_loss_backward(int n, const floa
                                                                const float* inv_normalizer,
                                                                float* dx) {
   CUDA_KERNEL_LOOP(i, n) {
-    const bool ignored = has_ignore && (int)target[i] == ignore_label;
+    const bool ignored = target_ignored(target[i], has_ignore, ignore_label);
     dx[i] = ignored ? 0.0f : (sigmoid[i] - target[i]) * (loss_weight[0] * inv_normalizer[0]);
   }
 }
@@ -58,9 +68,9 @@ extern "C" __global__ void hinge_loss_forward(int count, int dim, const float* x
                                               const float* label, int squared, float* margins,
                                               float* scratch, float* terms) {
   CUDA_KERNEL_LOOP(i, count) {
-    const int l = (int)label[i / dim];
+    const int l = label_class(label[i / dim], dim, 0, 0);
     float m;
-    if (l < 0 || l >= dim) {
+    if (l == LABEL_INVALID) {
       m = bad_label_nan();
     } else {
       m = fmaxf(0.0f, 1.0f + (i % dim == l ? -x[i] : x[i]));
@@ -77,9 +87,11 @@ extern "C" __global__ void hinge_loss_backward(int count, int dim, const float* 
                                                const float* label, int squared,
                                                const float* loss_weight, float scale, float* dx) {
   CUDA_KERNEL_LOOP(i, count) {
-    const int l = (int)label[i / dim];
+    const int l = label_class(label[i / dim], dim, 0, 0);
     const float g = i % dim == l ? -margins[i] : margins[i];
-    dx[i] = (squared ? 2.0f * g : sign_of(g)) * (loss_weight[0] * scale);
+    // sign_of(NaN) would be 0: a bad label's gradient is NaN, as its loss.
+    dx[i] = l == LABEL_INVALID ? bad_label_nan()
+                               : (squared ? 2.0f * g : sign_of(g)) * (loss_weight[0] * scale);
   }
 }
 
@@ -88,8 +100,8 @@ extern "C" __global__ void hinge_loss_backward(int count, int dim, const float* 
 extern "C" __global__ void multinomial_logistic_loss_forward(int num, int dim, const float* prob,
                                                              const float* label, float* terms) {
   CUDA_KERNEL_LOOP(n, num) {
-    const int l = (int)label[n];
-    terms[n] = (l < 0 || l >= dim) ? bad_label_nan()
+    const int l = label_class(label[n], dim, 0, 0);
+    terms[n] = l == LABEL_INVALID ? bad_label_nan()
                                    : -logf(fmaxf(prob[n * dim + l], LOSS_LOG_THRESHOLD));
   }
 }
@@ -101,9 +113,9 @@ extern "C" __global__ void multinomial_logistic_loss_backward(int count, int dim
                                                               const float* loss_weight,
                                                               float scale, float* dx) {
   CUDA_KERNEL_LOOP(i, count) {
-    const int l = (int)label[i / dim];
+    const int l = label_class(label[i / dim], dim, 0, 0);
     float g = 0.0f;
-    if (l < 0 || l >= dim) {
+    if (l == LABEL_INVALID) {
       g = bad_label_nan();
     } else if (i % dim == l) {
       g = -(loss_weight[0] * scale) / fmaxf(prob[i], LOSS_LOG_THRESHOLD);
@@ -121,11 +133,11 @@ extern "C" __global__ void infogain_loss_forward(int positions, int channels, in
                                                  const float* infogain, int has_ignore,
                                                  int ignore_label, float* terms) {
   CUDA_KERNEL_LOOP(index, positions) {
-    const int l = (int)label[index];
+    const int l = label_class(label[index], channels, has_ignore, ignore_label);
     float loss = 0.0f, counted = 0.0f;
-    if (!(has_ignore && l == ignore_label)) {
+    if (l != LABEL_IGNORED) {
       counted = 1.0f;
-      if (l < 0 || l >= channels) {
+      if (l == LABEL_INVALID) {
         loss = bad_label_nan();
       } else {
         const float* p = prob + (index / inner) * channels * inner + index % inner;
@@ -151,11 +163,11 @@ extern "C" __global__ void infogain_loss_backward(int count, int channels, int i
   CUDA_KERNEL_LOOP(i, count) {
     const long long position = (i / ((long long)channels * inner)) * inner + i % inner;
     const int c = (int)((i / inner) % channels);
-    const int l = (int)label[position];
+    const int l = label_class(label[position], channels, has_ignore, ignore_label);
     float g;
-    if (has_ignore && l == ignore_label) {
+    if (l == LABEL_IGNORED) {
       g = 0.0f;
-    } else if (l < 0 || l >= channels) {
+    } else if (l == LABEL_INVALID) {
       g = bad_label_nan();
     } else {
       g = (prob[i] * row_sums[l] - infogain[(long long)l * channels + c]) *
