@@ -15,7 +15,10 @@ convolution before them, see sppcaffe/fusion.py) and with that folding off
 Every (framework, case) runs in its own subprocess with the same thread
 count (OpenBLAS via OPENBLAS_NUM_THREADS/OMP_NUM_THREADS, torch via
 torch.set_num_threads); times are the median of --runs runs after --warmup,
-best of --rounds rounds.
+best of --rounds rounds.  A run during which other processes took more than
+a tenth of a CPU (/proc/stat against the worker's own CPU time) is dropped
+and repeated: on a shared 2-core machine one busy neighbour slows a
+2-thread GEMM several-fold.
 
     pip install torch==2.13.0        # benchmark-only dependency
     python3 bench/zoo_forward_vs_torch.py [--nets resnet50 mobilenet] [--batches 8 1]
@@ -211,15 +214,39 @@ def check(name, batch=2):
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
-def median_ms(step, warmup, runs):
+def _busy_seconds():
+    """CPU seconds every process of the machine has run (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]                    # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds():
+    t = os.times()
+    return t.user + t.system
+
+
+def median_ms(step, warmup, runs, max_foreign=0.1):
+    """Median of `runs` timed runs during which other processes used at most
+    `max_foreign` of a CPU (plus one clock tick); noisier runs are dropped
+    and repeated, up to 5x `runs` tries (then the quietest are kept).
+    Returns (median ms, runs dropped)."""
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(runs):
+    quiet, noisy = [], []
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    for _ in range(5 * runs):
+        busy, own = _busy_seconds(), _own_seconds()
         start = time.perf_counter()
         step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        wall = time.perf_counter() - start
+        foreign = (_busy_seconds() - busy) - (_own_seconds() - own)
+        (quiet if foreign <= max_foreign * wall + tick else noisy).append((foreign, wall * 1e3))
+        if len(quiet) == runs:
+            break
+    kept = quiet + sorted(noisy)[:max(0, runs - len(quiet))]
+    return statistics.median(ms for _, ms in kept), len(noisy)
 
 
 def worker(args):
@@ -233,7 +260,8 @@ def worker(args):
         step = torch_step(name, batch)
     else:
         step = sppcaffe_net(name, batch, fold=variant == "sppcaffe").forward
-    print(json.dumps({"median_ms": median_ms(step, args.warmup, args.runs)}))
+    ms, dropped = median_ms(step, args.warmup, args.runs)
+    print(json.dumps({"median_ms": ms, "dropped": dropped}))
 
 
 def spawn(args, *extra):
@@ -280,9 +308,10 @@ def main():
         for name in args.nets:
             for batch in args.batches:
                 for variant in VARIANTS:
-                    ms = spawn(args, variant, name, str(batch))["median_ms"]
-                    print(f"round {r + 1}: {name} batch {batch} {variant}: {ms:.1f} ms",
-                          file=sys.stderr, flush=True)
+                    result = spawn(args, variant, name, str(batch))
+                    ms = result["median_ms"]
+                    print(f"round {r + 1}: {name} batch {batch} {variant}: {ms:.1f} ms "
+                          f"({result['dropped']} noisy runs dropped)", file=sys.stderr, flush=True)
                     key = name, batch, variant
                     best[key] = min(best.get(key, ms), ms)
     print(f"load average after: {os.getloadavg()[0]:.2f}; best of {args.rounds} rounds, each the "

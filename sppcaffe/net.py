@@ -7,11 +7,13 @@ loss weights, and the rules deciding which layers need backward.
 """
 import collections
 import itertools
+import logging
 import os
 
 import numpy as np
 
 from . import io
+from . import net_arguments as arguments
 from .backends import current_device, gpu_mode
 from .backends.gpu import Workspace as GpuWorkspace
 from .blob import Blob
@@ -22,6 +24,22 @@ from .proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+_log = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """Weights that do not fit the net (e.g. another net's); names the file."""
+
+
+# What Net.copy_from did: the weights' source, the net's parameter layers it
+# filled and those it left as they were, and the source layers the net lacks.
+WeightsCopy = collections.namedtuple("WeightsCopy", "source filled unfilled ignored")
+
+
+def quoted_names(names, limit=8):
+    """'a', 'b', ... for a message: the first `limit` names and a count."""
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # ---------------------------------------------------------------------------
@@ -171,7 +189,12 @@ class Net:
         with_splits = insert_splits(filtered)
         self._auto_splits = ({lp.name for lp in with_splits.layer}
                              - {lp.name for lp in filtered.layer})
-        self._build(with_splits, param.force_backward)
+        try:
+            self._build(with_splits, param.force_backward)
+        except ValueError as err:
+            if self.source != "<NetParameter>":
+                err.add_note(f"while building the net of {self.source}")
+            raise
         self._folds = find_folds(self) if fold_batchnorm else []
         self._hooks = {kind: [] for kind in HOOK_KINDS}
         self._frozen_diffs = GpuWorkspace()     # device copies of lr_mult 0 diffs
@@ -444,11 +467,8 @@ class Net:
             layer.reshape(bottom, top)
 
     def _set_inputs(self, inputs):
-        for name, value in inputs.items():
-            if name not in self.blobs:
-                raise KeyError(f"net '{self.name}' has no blob '{name}' to feed")
+        for name, value in arguments.checked_inputs(self, inputs).items():
             blob = self.blobs[name]
-            value = np.asarray(value)
             if value.shape != blob.shape:
                 blob.reshape(value.shape)
             blob.data[...] = value
@@ -489,13 +509,21 @@ class Net:
         return loss
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
-        """Feed `inputs` (name=array), run forward, return {output: data}."""
-        self._set_inputs(inputs)
+        """pycaffe's forward: feed `inputs` (input name=array: every input,
+        or none to run on what the blobs hold), run layers `start` to `end`
+        (names; default: all), return {name: data} of the outputs (the tops
+        of `end` when given) and of the blob names listed in `blobs`.  An
+        array of another size than its blob (a new image size) reshapes it;
+        net_arguments.py has the rules."""
+        blobs = arguments.blob_names(self, "forward", "blobs", blobs)
+        arguments.check_layer_argument(self, "forward", "start", start)
+        arguments.check_layer_argument(self, "forward", "end", end)
         start_i = self._index(start, 0)
         end_i = self._index(end, len(self.layers) - 1)
+        self._set_inputs(inputs)
         self.loss = self.forward_from_to(start_i, end_i)
         names = set(self._top_names[end_i]) if end is not None else set(self.outputs)
-        names.update(blobs or ())
+        names.update(blobs)
         return {name: self.blobs[name].data for name in sorted(names)}
 
     def backward_from_to(self, start=None, end=0):
@@ -524,15 +552,21 @@ class Net:
             _restore_diff(p, saved, gpu)
 
     def backward(self, diffs=None, start=None, end=None, **top_diffs):
-        """Set output diffs (name=array), run backward, return {input: diff}."""
-        for name, value in top_diffs.items():
-            if name not in self.blobs:
-                raise KeyError(f"net '{self.name}' has no blob '{name}'")
-            self.blobs[name].diff[...] = value
+        """pycaffe's backward: set output diffs (output name=array: every
+        output, or none to run on what the diffs hold), run layers `start`
+        down to `end` (names; default: all), return {name: diff} of the
+        inputs (the bottoms of `end` when given) and of the blob names
+        listed in `diffs`."""
+        diffs = arguments.blob_names(self, "backward", "diffs", diffs)
+        arguments.check_layer_argument(self, "backward", "start", start)
+        arguments.check_layer_argument(self, "backward", "end", end)
         start_i = self._index(start, len(self.layers) - 1)
         end_i = self._index(end, 0)
+        for name, value in arguments.checked_top_diffs(self, top_diffs).items():
+            self.blobs[name].diff[...] = value
         self.backward_from_to(start_i, end_i)
-        names = list(self.inputs) + [d for d in (diffs or ()) if d not in self.inputs]
+        names = self._bottom_names[end_i] if end is not None else self.inputs
+        names = list(dict.fromkeys(list(names) + diffs))
         return {name: self.blobs[name].diff for name in names}
 
     def forward_backward(self):
@@ -664,22 +698,36 @@ class Net:
     # ------------------------------------------------------------------
     # Weights
     # ------------------------------------------------------------------
-    def copy_from(self, weights):
+    def copy_from(self, weights, allow_unmatched=False):
         """Copy parameters from a .caffemodel or .caffemodel.h5 (path) or a
         NetParameter, by layer name, as Caffe's CopyTrainedLayersFrom:
-        unknown source layers are ignored; a blob count or shape mismatch is
-        an error naming the layer and both shapes."""
+        source layers the net lacks are ignored (logged as Caffe logs them),
+        a blob count or shape mismatch is an error naming the layer and
+        both shapes.  Logs how many of the net's parameter layers were
+        filled; weights that fill none of them (another net's) are a
+        WeightsError unless `allow_unmatched`.  Returns a WeightsCopy."""
         if _is_hdf5(weights):
             from .io import hdf5        # h5py is imported only when needed
-            hdf5.copy_into_net(self, weights)
-            return
-        if isinstance(weights, caffe_pb2.NetParameter):
-            source, src = "<NetParameter>", io.upgrade_net(weights)
+            source = os.fspath(weights)
+            filled, ignored = hdf5.copy_into_net(self, weights)
         else:
-            source, src = os.fspath(weights), io.read_weights(weights)
+            if isinstance(weights, caffe_pb2.NetParameter):
+                source, src = "<NetParameter>", io.upgrade_net(weights)
+            else:
+                source, src = os.fspath(weights), io.read_weights(weights)
+            filled, ignored = self._copy_layers(source, src)
+        return self._report_copy(source, filled, ignored, allow_unmatched)
+
+    def _copy_layers(self, source, src):
+        """Copy the blobs of NetParameter `src` into the layers named like
+        its layers; (names of the layers filled, source layers ignored)."""
+        filled, ignored = [], []
         for lp in src.layer:
             layer = self.layer_dict.get(lp.name)
-            if layer is None or not len(lp.blobs):
+            if layer is None:
+                ignored.append(lp.name)
+                continue
+            if not len(lp.blobs):
                 continue
             if len(lp.blobs) != len(layer.blobs):
                 raise LayerError(f"{source}: layer '{lp.name}' has {len(lp.blobs)} parameter "
@@ -690,6 +738,28 @@ class Net:
                         f"{source}: cannot copy param {i} of layer '{lp.name}': shape mismatch; "
                         f"weights have {blob_shape(bp)}, the net expects {target.shape}")
                 target.data[...] = blob_to_array(bp, shape=target.shape)
+            filled.append(lp.name)
+        return filled, ignored
+
+    def _report_copy(self, source, filled, ignored, allow_unmatched):
+        """Say what a weights copy did, as Caffe's log does and more: each
+        ignored source layer, then how many parameter layers were filled.
+        Filling none of them is an error unless `allow_unmatched`."""
+        for name in ignored:
+            _log.info("Ignoring source layer %s", name)
+        done = set(filled)
+        with_params = [name for name, layer in self.layer_dict.items() if layer.blobs]
+        unfilled = [name for name in with_params if name not in done]
+        result = WeightsCopy(source, [n for n in with_params if n in done], unfilled, ignored)
+        if with_params and not result.filled and not allow_unmatched:
+            raise WeightsError(
+                f"{source}: these weights fill none of the {len(with_params)} parameter layers "
+                f"of net '{self.name}' ({quoted_names(with_params)}); the file's layers are "
+                f"{quoted_names(ignored) if ignored else 'none'} (weights of another net?)")
+        _log.info("%s: copied weights into %d of the %d parameter layers of net '%s'%s", source,
+                  len(result.filled), len(with_params), self.name,
+                  f"; left as initialized: {quoted_names(unfilled)}" if unfilled else "")
+        return result
 
     def save_hdf5(self, path):
         """pycaffe's save_hdf5: the parameters in Caffe's HDF5 layout,
@@ -697,11 +767,13 @@ class Net:
         from .io import hdf5
         hdf5.write_net(self, path)
 
-    def load_hdf5(self, path):
+    def load_hdf5(self, path, allow_unmatched=False):
         """pycaffe's load_hdf5: parameters from Caffe's HDF5 layout (as
-        CopyTrainedLayersFromHDF5), whatever the file's extension."""
+        CopyTrainedLayersFromHDF5), whatever the file's extension; logged
+        and checked as copy_from."""
         from .io import hdf5
-        hdf5.copy_into_net(self, path)
+        filled, ignored = hdf5.copy_into_net(self, path)
+        return self._report_copy(os.fspath(path), filled, ignored, allow_unmatched)
 
     def share_with(self, other):
         """Caffe's ShareTrainedLayersWith (pycaffe's share_with): every layer

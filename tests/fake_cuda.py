@@ -44,6 +44,9 @@ class _Context:
     def pop():
         pass
 
+    def detach(self):
+        pass
+
 
 class _Device:
     def __init__(self, ordinal):
@@ -114,25 +117,83 @@ class _SourceModule:
 
 
 # ---- cuBLAS (column-major, as its documentation defines the routines) ----------
+# Argument checks as cuBLAS makes them (the reference BLAS's, whose rules its
+# documentation lists under CUBLAS_STATUS_INVALID_VALUE), with its status
+# codes; then the reference's quick returns, which skip the work -- and the
+# beta scaling -- for an empty product.
+SUCCESS, NOT_INITIALIZED, INVALID_VALUE = 0, 1, 7
+_OPERATIONS = (0, 1, 2)         # CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_OP_C
+
+
 def _column_major(ptr, rows, cols, ld):
     """The rows x cols column-major matrix with leading dimension ld: element
-    (i, j) at ptr[i + j * ld]."""
-    assert ld >= rows, (ld, rows)
-    return np.lib.stride_tricks.as_strided(_floats(ptr, ld * cols), (rows, cols), (4, 4 * ld))
+    (i, j) at ptr[i + j * ld]; reads nothing past its last element."""
+    if rows == 0 or cols == 0:
+        return np.zeros((rows, cols), np.float32)
+    span = (cols - 1) * ld + rows
+    return np.lib.stride_tricks.as_strided(_floats(ptr, span), (rows, cols), (4, 4 * ld))
 
 
 def _value(x):
+    """What a ctypes argument (a value or a byref) holds; None stays None
+    (a NULL handle)."""
+    if x is None:
+        return None
     return x.value if hasattr(x, "value") else x._obj.value
+
+
+def gemm_status(op_a, op_b, m, n, k, lda, ldb, ldc, batch=1):
+    """cublasSgemm's (and cublasSgemmStridedBatched's) argument rules:
+    op(A) is m x k and op(B) k x n, so A is stored with m rows untransposed,
+    k rows transposed."""
+    if op_a not in _OPERATIONS or op_b not in _OPERATIONS or min(m, n, k, batch) < 0:
+        return INVALID_VALUE
+    if lda < max(1, k if op_a else m) or ldb < max(1, n if op_b else k) or ldc < max(1, m):
+        return INVALID_VALUE
+    return SUCCESS
+
+
+def gemv_status(op, m, n, lda, incx, incy):
+    """cublasSgemv's: A is m x n as stored, whatever op."""
+    if op not in _OPERATIONS or min(m, n) < 0 or lda < max(1, m) or incx == 0 or incy == 0:
+        return INVALID_VALUE
+    return SUCCESS
+
+
+def _unit_strides(*increments):
+    # The backend always passes 1; other strides are legal cuBLAS but not
+    # written here, so they fail loudly instead of computing something else.
+    if any(inc != 1 for inc in increments):
+        raise NotImplementedError(f"the cuBLAS stand-in only implements unit strides, "
+                                  f"got {increments}")
 
 
 class FakeCublas:
     def __init__(self):
         self.calls = []
+        self.live = set()           # handles created and not destroyed
+        self._next_handle = 0x1000
 
     def cublasCreate_v2(self, handle):
-        return 0
+        handle._obj.value = self._next_handle
+        self.live.add(self._next_handle)
+        self._next_handle += 1
+        return SUCCESS
+
+    def cublasDestroy_v2(self, handle):
+        value = _value(handle)
+        if value not in self.live:
+            return NOT_INITIALIZED
+        self.live.discard(value)
+        self.calls.append(("destroy", [value]))
+        return SUCCESS
+
+    def _alive(self, handle):
+        return _value(handle) in self.live
 
     def _gemm(self, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        if m == 0 or n == 0 or ((alpha == 0 or k == 0) and beta == 1):
+            return
         A = _column_major(a, k, m, lda).T if op_a else _column_major(a, m, k, lda)
         B = _column_major(b, n, k, ldb).T if op_b else _column_major(b, k, n, ldb)
         C = _column_major(c, m, n, ldc)
@@ -141,8 +202,13 @@ class FakeCublas:
     def cublasSgemm_v2(self, handle, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         args = [_value(v) for v in (op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)]
         self.calls.append(("gemm", args))
-        self._gemm(*args)
-        return 0
+        if not self._alive(handle):
+            return NOT_INITIALIZED
+        op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
+        status = gemm_status(op_a, op_b, m, n, k, lda, ldb, ldc)
+        if status == SUCCESS:
+            self._gemm(*args)
+        return status
 
     def cublasSgemmStridedBatched(self, handle, op_a, op_b, m, n, k, alpha, a, lda, stride_a, b,
                                   ldb, stride_b, beta, c, ldc, stride_c, batch):
@@ -150,40 +216,72 @@ class FakeCublas:
                                  beta, c, ldc, stride_c, batch)]
         op_a, op_b, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch = v
         self.calls.append(("gemm_batched", v))
+        if not self._alive(handle):
+            return NOT_INITIALIZED
+        status = gemm_status(op_a, op_b, m, n, k, lda, ldb, ldc, batch)
+        if status != SUCCESS:
+            return status
         for i in range(batch):
             self._gemm(op_a, op_b, m, n, k, alpha, a + 4 * i * sa, lda, b + 4 * i * sb, ldb,
                        beta, c + 4 * i * sc, ldc)
-        return 0
+        return SUCCESS
 
     def cublasSgemv_v2(self, handle, op, m, n, alpha, a, lda, x, incx, beta, y, incy):
-        op, m, n, alpha, a, lda, x, incx, beta, y, incy = [
-            _value(v) for v in (op, m, n, alpha, a, lda, x, incx, beta, y, incy)]
-        assert incx == incy == 1
+        args = [_value(v) for v in (op, m, n, alpha, a, lda, x, incx, beta, y, incy)]
+        self.calls.append(("gemv", args))
+        if not self._alive(handle):
+            return NOT_INITIALIZED
+        op, m, n, alpha, a, lda, x, incx, beta, y, incy = args
+        status = gemv_status(op, m, n, lda, incx, incy)
+        if status != SUCCESS or m == 0 or n == 0 or (alpha == 0 and beta == 1):
+            return status
+        _unit_strides(incx, incy)
         A = _column_major(a, m, n, lda)
         if op:
             A, m, n = A.T, n, m
         out = _floats(y, m)
         out[...] = alpha * (A @ _floats(x, n)) + (beta * out if beta else 0)
-        return 0
+        return SUCCESS
 
     def cublasSaxpy_v2(self, handle, n, alpha, x, incx, y, incy):
-        n, alpha, x, y = _value(n), _value(alpha), _value(x), _value(y)
+        if not self._alive(handle):
+            return NOT_INITIALIZED
+        n, alpha, x, incx, y, incy = (_value(v) for v in (n, alpha, x, incx, y, incy))
+        if n <= 0 or alpha == 0:
+            return SUCCESS
+        _unit_strides(incx, incy)
         _floats(y, n)[...] += np.float32(alpha) * _floats(x, n)
-        return 0
+        return SUCCESS
 
     def cublasSscal_v2(self, handle, n, alpha, x, incx):
-        _floats(_value(x), _value(n))[...] *= np.float32(_value(alpha))
-        return 0
+        if not self._alive(handle):
+            return NOT_INITIALIZED
+        n, alpha, x, incx = (_value(v) for v in (n, alpha, x, incx))
+        if n <= 0 or incx <= 0:
+            return SUCCESS
+        _unit_strides(incx)
+        _floats(x, n)[...] *= np.float32(alpha)
+        return SUCCESS
 
     def cublasSdot_v2(self, handle, n, x, incx, y, incy, result):
-        n = _value(n)
-        result._obj.value = float(np.dot(_floats(_value(x), n), _floats(_value(y), n)))
-        return 0
+        if not self._alive(handle):
+            return NOT_INITIALIZED
+        n, x, incx, y, incy = (_value(v) for v in (n, x, incx, y, incy))
+        result._obj.value = 0.0
+        if n > 0:
+            _unit_strides(incx, incy)
+            result._obj.value = float(np.dot(_floats(x, n), _floats(y, n)))
+        return SUCCESS
 
     def cublasSasum_v2(self, handle, n, x, incx, result):
-        n = _value(n)
-        result._obj.value = float(np.abs(_floats(_value(x), n)).sum())
-        return 0
+        if not self._alive(handle):
+            return NOT_INITIALIZED
+        n, x, incx = (_value(v) for v in (n, x, incx))
+        result._obj.value = 0.0
+        if n > 0 and incx > 0:
+            _unit_strides(incx)
+            result._obj.value = float(np.abs(_floats(x, n)).sum())
+        return SUCCESS
 
 
 def install(monkeypatch):

@@ -223,9 +223,11 @@ def test_fake_cublas_follows_the_column_major_definition():
     b = np.array([1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1], np.float32)   # 3 x 4
     c = np.zeros(8, np.float32)                              # 2 x 4
     f, i, p = ctypes.c_float, ctypes.c_int, ctypes.c_void_p
-    fake_cuda.FakeCublas().cublasSgemm_v2(
-        None, i(0), i(0), i(2), i(4), i(3), ctypes.byref(f(1.0)), p(a.ctypes.data), i(2),
-        p(b.ctypes.data), i(3), ctypes.byref(f(0.0)), p(c.ctypes.data), i(2))
+    cublas, handle = fake_cuda.FakeCublas(), p()
+    cublas.cublasCreate_v2(ctypes.byref(handle))
+    assert cublas.cublasSgemm_v2(
+        handle, i(0), i(0), i(2), i(4), i(3), ctypes.byref(f(1.0)), p(a.ctypes.data), i(2),
+        p(b.ctypes.data), i(3), ctypes.byref(f(0.0)), p(c.ctypes.data), i(2)) == 0
     # Columns of C: A's three columns, then their sum.
     np.testing.assert_array_equal(c, [1, 4, 2, 5, 3, 6, 6, 15])
 

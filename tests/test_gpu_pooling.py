@@ -96,5 +96,5 @@ def test_kernel_signatures_are_known():
     names = {n for n in kernel_index() if n.startswith("pool_")}
     assert {"pool_max_forward", "pool_max_backward", "pool_ave_forward", "pool_ave_backward",
             "pool_bins_max_forward", "pool_bins_ave_forward", "pool_bins_max_backward",
-            "pool_bins_ave_backward", "pool_bins_max_backward_atomic",
-            "pool_bins_ave_backward_atomic"} <= names
+            "pool_bins_ave_backward", "pool_bins_max_backward_windows",
+            "pool_bins_ave_backward_windows"} <= names

@@ -3,6 +3,7 @@ onnx.checker (full check) and ONNX Runtime computes what sppcaffe
 computes, to a relative error of 1e-5 (max |difference| / max |value|) on
 every output.  Whole nets are in test_onnx_export_models.py, the command
 line tool in test_onnx_export_tool.py."""
+import importlib
 import warnings
 
 import numpy as np
@@ -730,5 +731,76 @@ def test_write_to_a_file(tmp_path):
     export(net, path)
     model = onnx.load(str(path))
     feeds = random_feeds(net, model)
+    assert np.allclose(run_onnx(str(path), feeds)["prob"], net.forward(**feeds)["prob"],
+                       rtol=1e-5, atol=1e-7)
+
+
+def test_shapes_follow_a_dynamic_batch():
+    """Layers that reshape, cut or reduce read the batch from the input."""
+    layers = (layer("flat", "Flatten", ["x"], ["flat"])
+              + layer("rs", "Reshape", ["x"], ["rs"], "reshape_param { shape { dim: 0 dim: -1 "
+                      "dim: 4 } }")
+              + layer("fc", "InnerProduct", ["rs"], ["fc"], "inner_product_param { num_output: 3 "
+                      "axis: 2 }")
+              + layer("red", "Reduction", ["x"], ["red"], "reduction_param { axis: 1 "
+                      "operation: MEAN }")
+              + layer("am", "ArgMax", ["x"], ["am"], "argmax_param { top_k: 2 }")
+              + layer("cut", "Slice", ["x"], ["first", "rest"], "slice_param { axis: 0 "
+                      "slice_point: 1 }")
+              + layer("loss", "SoftmaxWithLoss", ["flat", "label"], ["loss"],
+                      "loss_param { normalization: BATCH_SIZE }")
+              + layer("acc", "Accuracy", ["flat", "label"], ["acc"]))
+    net = make_net(layers, {"x": (2, 3, 4, 2), "label": (2,)})
+    model = export(net, dynamic_batch=True)
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(17)
+    for n in (2, 6):
+        feeds = {"x": rng.standard_normal((n, 3, 4, 2), np.float32),
+                 "label": rng.integers(0, 24, n).astype(np.float32)}
+        errors = compare(net, model, feeds)
+        assert max(errors.values()) <= TOL, (n, errors)
+
+
+def test_crop_follows_a_dynamic_reference():
+    """FCN's pattern: upsample, then crop back to the input's size."""
+    layers = (layer("conv", "Convolution", ["x"], ["c"], "convolution_param { num_output: 2 "
+                    "kernel_size: 3 stride: 2 }")
+              + layer("up", "Deconvolution", ["c"], ["u"], "convolution_param { num_output: 2 "
+                      "kernel_size: 6 stride: 2 bias_term: false }")
+              + layer("crop", "Crop", ["u", "x"], ["y"], "crop_param { axis: 2 offset: 1 }"))
+    net = make_net(layers, {"x": (1, 2, 12, 10)})
+    model = export(net, dynamic_size=True)
+    rng = np.random.default_rng(18)
+    for shape in [(1, 2, 12, 10), (1, 2, 15, 21)]:
+        errors = compare(net, model, {"x": rng.standard_normal(shape, np.float32)})
+        assert max(errors.values()) <= TOL, (shape, errors)
+
+
+def test_dynamic_size_impossible_is_explained():
+    """Without SPP the fully connected layer fixes the input size."""
+    net = make_net(CHAIN, {"x": (1, 2, 9, 9)})
+    with pytest.raises(ExportError, match="dynamic input size is not possible.*'fc'"):
+        export(net, dynamic_size=True)
+
+
+def test_unread_data_tops_are_not_inputs():
+    net = make_net(CHAIN + layer("loss", "SoftmaxWithLoss", ["fc", "label"], ["loss"]),
+                   {"x": (2, 2, 9, 9), "label": (2,)})
+    assert sorted(i.name for i in export(net).graph.input) == ["label", "x"]
+    assert [i.name for i in export(net, outputs=["prob"]).graph.input] == ["x"]
+
+
+def test_weights_over_two_gigabytes_go_beside_the_model(tmp_path, monkeypatch):
+    """Protobuf cannot write a model over 2 GiB: its weights then go to
+    OUT.onnx.data (the limit lowered here to try it on a small net)."""
+    export_module = importlib.import_module("sppcaffe.onnx.export")
+    monkeypatch.setattr(export_module, "_EXTERNAL_DATA_BYTES", 100)
+    net = make_net(CHAIN, {"x": (1, 2, 9, 9)})
+    with pytest.raises(ExportError, match="exceed 2 GiB: give a path"):
+        export(net)
+    path = tmp_path / "chain.onnx"
+    export(net, path)
+    assert (tmp_path / "chain.onnx.data").stat().st_size > path.stat().st_size
+    feeds = {"x": np.random.default_rng(19).standard_normal((1, 2, 9, 9), np.float32)}
     assert np.allclose(run_onnx(str(path), feeds)["prob"], net.forward(**feeds)["prob"],
                        rtol=1e-5, atol=1e-7)

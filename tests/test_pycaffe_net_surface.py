@@ -164,7 +164,14 @@ def test_forward_all_exact_multiple_and_bad_arguments():
                  ).forward_all(data=x, extra=np.ones((3, 1)))
 
 
-def test_forward_all_refuses_outputs_without_one_row_per_item(net):
+def test_forward_all_refuses_outputs_without_one_row_per_item():
+    # forward takes only input blobs (pycaffe's rule): the data as Input blobs.
+    dummy = PYCAFFE_TEST_NET[PYCAFFE_TEST_NET.index("layer { type: 'DummyData'"):
+                             PYCAFFE_TEST_NET.index("layer { type: 'Convolution'")]
+    net = make_net(PYCAFFE_TEST_NET.replace(dummy, """
+        layer { type: 'Input' name: 'data' top: 'data' top: 'label' input_param {
+          shape { dim: 5 dim: 2 dim: 3 dim: 4 } shape { dim: 5 dim: 1 dim: 1 dim: 1 } } }
+        """), sppcaffe.TRAIN)
     with pytest.raises(ValueError, match="blob 'loss' has shape \\(\\)"):
         net.forward_all(data=np.zeros((5, 2, 3, 4), np.float32),
                         label=np.zeros((5, 1, 1, 1), np.float32))

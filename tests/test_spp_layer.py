@@ -1,6 +1,7 @@
 """SPP: the bin layouts of sppcaffe.spp_geometry (tables worked out by hand
 from the formulas), the layer's output layout and errors, gradients, and the
 BVLC fixture tests/golden/spp_caffe."""
+import logging
 import warnings
 
 import numpy as np
@@ -238,27 +239,28 @@ def test_paper_gradient_is_zero_on_unread_cells():
     assert not bottom[0].diff[0, 0, 9, :].any() and not bottom[0].diff[0, 0, :, 9].any()
 
 
-def test_paper_warns_once_about_unread_cells():
+def test_paper_warns_once_about_unread_cells(caplog):
     layer = spp("method: PAPER levels: 4 levels: 1", name="spp_paper")
     bottom, top = blobs(np.zeros((1, 2, 10, 10), np.float32))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # A log line (the tools' format), not a Python warning printed with its source line.
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="sppcaffe"):
+        warnings.simplefilter("error")
         layer.setup(bottom, top)
         for h in (10, 11, 10):
             bottom[0].reshape(1, 2, h, h)
             layer.reshape(bottom, top)
             layer.forward(bottom, top)
-    assert len(caught) == 1
-    message = str(caught[0].message)
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
     assert "spp_paper" in message and "10x10" in message and "[4]" in message
 
 
-def test_paper_does_not_warn_when_every_cell_is_read():
+def test_paper_does_not_warn_when_every_cell_is_read(caplog):
     layer = spp("method: PAPER levels: 6 levels: 4 levels: 1")
     bottom, top = blobs(np.zeros((1, 2, 13, 13), np.float32))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with caplog.at_level(logging.WARNING, logger="sppcaffe"):
         layer.setup(bottom, top)
+    assert not caplog.records
 
 
 def test_caffe_error_names_layer_size_and_level():

@@ -3,6 +3,7 @@
 import csv
 import glob
 import io as io_module
+import logging
 import os
 import re
 import signal
@@ -521,7 +522,7 @@ def test_zf5_solver_builds_its_nets(name):
         assert net.blobs["spp"].shape == (1, 256 * 50)
 
 
-def test_multisize_net_at_180_is_the_papers():
+def test_multisize_net_at_180_is_the_papers(caplog):
     """The 180 epoch: conv5 10x10, the same 12800-d SPP output, and the
     PAPER geometry's warning about level 6 (10 mod 6 = 4)."""
     param = shrunk_solver("zf5_spp_multisize")
@@ -530,9 +531,10 @@ def test_multisize_net_at_180_is_the_papers():
     assert list(train.transform_param.multi_size) == [224, 180]
     assert train.transform_param.multi_size_mode == caffe_pb2.TransformationParameter.ALTERNATE
     assert all(not len(lp.transform_param.multi_size) for lp in data if lp is not train)
-    with pytest.warns(UserWarning, match=r"10x10 input .*\[6\] bins per side"):
+    with caplog.at_level(logging.WARNING, logger="sppcaffe"):
         net = sppcaffe.Net(param.net_param, sppcaffe.TRAIN,
                            data_shapes={"data": (1, 3, 180, 180), "label": (1,)})
         net.forward_from_to()
+    assert re.search(r"10x10 input .*\[6\] bins per side", caplog.text)
     assert net.blobs["conv5"].shape == (1, 256, 10, 10)
     assert net.blobs["spp"].shape == (1, 256 * 50)

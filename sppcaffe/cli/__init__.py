@@ -2,12 +2,39 @@
 modules' ``main`` functions)."""
 import contextlib
 import logging
+import os
 
 from .. import backends
+from ..io.files import path_problem
+from ..proto import caffe_pb2
 
 
 class CliError(ValueError):
     """A user-facing error: printed without a traceback."""
+
+
+def require_file(path, what):
+    """CliError unless `path` is a file: "cannot read WHAT 'PATH': no such
+    file" (or "it is a directory, not a file")."""
+    problem = path_problem(path)
+    if problem:
+        raise CliError(f"cannot read {what} '{path}': {problem}")
+
+
+def naming_file(path, err):
+    """The message of `err` about file `path`, prefixed with the path
+    unless the message already names it."""
+    text = str(err)
+    return text if os.fspath(path) in text else f"{path}: {text}"
+
+
+def require_layers(net, path):
+    """CliError for a net without a layer (an empty prototxt, or one whose
+    layers are all excluded from the phase): nothing to test or time."""
+    if not net.layers:
+        empty = " (the file is empty)" if os.path.getsize(path) == 0 else ""
+        raise CliError(f"{path}: the net has no layers in phase "
+                       f"{caffe_pb2.Phase.Name(net.phase)}{empty}")
 
 
 def add_net_state_arguments(parser, default_phase):

@@ -21,7 +21,8 @@ import numpy as np
 
 from .. import io
 from ..classifier import Classifier
-from . import CliError, device_for, progress
+from ..io.files import load_numpy, path_problem
+from . import CliError, device_for, progress, require_file
 
 PROG = "classify"
 CAFFE_MODEL = "models/bvlc_reference_caffenet/deploy.prototxt"
@@ -91,23 +92,23 @@ def int_list(text, flag):
 
 
 def existing_file(path, flag):
-    if not os.path.isfile(path):
-        raise CliError(f"cannot read {flag} '{path}': no such file")
+    require_file(path, flag)
     return path
 
 
 def load_mean(path):
     """A mean file as an array: .npy as saved, .binaryproto as (K, H, W)."""
-    if not os.path.isfile(path):
-        raise CliError(f"cannot read --mean_file '{path}': no such file "
+    problem = path_problem(path)
+    if problem:
+        raise CliError(f"cannot read --mean_file '{path}': {problem} "
                        "(--mean_file '' subtracts no mean)")
     if path.endswith(".binaryproto"):
         mean = io.read_blobproto(path)
         return mean[0] if mean.ndim == 4 and mean.shape[0] == 1 else mean
-    try:
-        return np.load(path)
-    except ValueError as err:
-        raise CliError(f"--mean_file '{path}' is not a .npy array ({err})") from None
+    mean = load_numpy(path, "--mean_file", CliError)
+    if not isinstance(mean, np.ndarray):
+        raise CliError(f"--mean_file '{path}' is an .npz archive, not a .npy array")
+    return mean
 
 
 def channel_swap_of(args):

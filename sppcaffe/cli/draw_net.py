@@ -16,7 +16,7 @@ import sys
 
 from .. import draw, io
 from ..proto import caffe_pb2
-from . import CliError, progress
+from . import CliError, progress, require_file
 
 PROG = "draw_net"
 PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST, "ALL": None}
@@ -49,8 +49,7 @@ def fallback_dot_path(path):
 
 
 def run(args):
-    if not os.path.isfile(args.input_net_proto_file):
-        raise CliError(f"cannot read net '{args.input_net_proto_file}': no such file")
+    require_file(args.input_net_proto_file, "net")
     param = io.read_net(args.input_net_proto_file)
     fmt = draw.output_format(args.output_image_file)
     print(f"Drawing net to {args.output_image_file}")

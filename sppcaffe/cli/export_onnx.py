@@ -16,7 +16,7 @@ import os
 from .. import io
 from ..layer import LayerError
 from ..net import TEST, TRAIN, Net
-from . import CliError, add_net_state_arguments
+from . import CliError, add_net_state_arguments, require_file
 from .progress import run_main
 from .time_net import data_shape_hint, net_in_phase, parse_data_shape, unreadable_data_layers
 
@@ -66,8 +66,8 @@ def build_parser():
 
 def load_net(args):
     for what, path in (("net", args.net), ("weights", args.weights)):
-        if path is not None and not os.path.isfile(path):
-            raise CliError(f"cannot read {what} '{path}': no such file")
+        if path is not None:
+            require_file(path, what)
     shapes = dict(args.inputs)
     param = io.read_net(args.net)
     try:

@@ -46,7 +46,7 @@ from ..layer import LayerError
 from ..net import TEST, Net
 from ..proto import caffe_pb2
 from .progress import configure_logging
-from . import CliError, add_gpu_argument, select_device
+from . import CliError, add_gpu_argument, naming_file, require_file, select_device
 
 PROG = "extract_features"
 LEVELDB_UNAVAILABLE = ("the leveldb backend is not supported (no maintained LevelDB binding "
@@ -128,16 +128,15 @@ def _parse_caffe_args(argv):
 
 def _load_net(net_path, weights):
     for path, what in ((net_path, "net"), (weights, "weights")):
-        if not os.path.isfile(path):
-            raise CliError(f"cannot read {what} '{path}': no such file")
+        require_file(path, what)
     try:
         net = Net(net_path, TEST)
     except (LayerError, ValueError, OSError) as err:
-        raise CliError(f"{net_path}: {err}") from None
+        raise CliError(naming_file(net_path, err)) from None
     try:
         net.copy_from(weights)
     except (LayerError, ValueError, OSError) as err:
-        raise CliError(f"{weights}: {err}") from None
+        raise CliError(naming_file(weights, err)) from None
     return net
 
 
@@ -303,8 +302,8 @@ def _mean(args, channels):
     if args.mean_value is None and args.mean_file is None:
         raise CliError("give the mean the net was trained with: --mean-value B,G,R (e.g. "
                        "104,117,123 for BVLC's ImageNet mean, 0 for none) or --mean-file")
-    if args.mean_file is not None and not os.path.isfile(args.mean_file):
-        raise CliError(f"cannot read mean file '{args.mean_file}': no such file")
+    if args.mean_file is not None:
+        require_file(args.mean_file, "mean file")
     try:
         return features.load_mean(args.mean_value, args.mean_file, channels)
     except ValueError as err:

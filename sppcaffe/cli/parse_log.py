@@ -14,7 +14,7 @@ import os
 import sys
 
 from .. import log_parsing
-from . import CliError, progress
+from . import CliError, progress, require_file
 
 PROG = "parse_log"
 
@@ -35,8 +35,7 @@ def build_parser():
 
 
 def run(args):
-    if not os.path.isfile(args.logfile_path):
-        raise CliError(f"cannot read log '{args.logfile_path}': no such file")
+    require_file(args.logfile_path, "log")
     if len(args.delimiter) != 1:
         raise CliError(f"--delimiter must be one character, got '{args.delimiter}'")
     train, test = log_parsing.parse_log(args.logfile_path)

@@ -29,7 +29,7 @@ import re
 import sys
 
 from .. import log_parsing
-from . import CliError, progress
+from . import CliError, progress, require_file
 
 PROG = "plot_training_log"
 SEPARATOR = "  vs. "
@@ -148,8 +148,7 @@ def run(args):
     if not args.png.lower().endswith(".png"):
         raise CliError(f"the chart's path must end with .png, got '{args.png}'")
     for path in args.logs:
-        if not os.path.isfile(path):
-            raise CliError(f"cannot read log '{path}': no such file")
+        require_file(path, "log")
     plot_chart(args.chart_type, args.png, args.logs)
     print(f"Wrote {args.png}")
     return 0

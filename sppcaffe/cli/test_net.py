@@ -13,19 +13,18 @@ take the same options.
 """
 import argparse
 import logging
-import os
 import sys
 
 import numpy as np
 
-from .. import backends, io
+from .. import backends
 from ..net import TEST, TRAIN, Net
 # The solver's formatting of output values and loss notes, so that both
 # tools print numbers exactly as Caffe's solver and `caffe test` do.
 from ..solvers.solver import _g as caffe_float
 from ..solvers.solver import _loss_note as loss_note
 from ..solvers.solver import output_values
-from . import add_net_state_arguments
+from . import add_net_state_arguments, require_file, require_layers
 from .train_net import CliError, add_common_arguments, blas_threads, run_tool
 
 PROG = "test_net"
@@ -82,13 +81,13 @@ def score(net, iterations):
 
 def run(args):
     for what, path in (("model", args.model), ("weights", args.weights)):
-        if not os.path.isfile(path):
-            raise CliError(f"cannot read {what} '{path}': no such file")
+        require_file(path, what)
     if args.iterations < 1:
         raise CliError(f"--iterations must be at least 1, got {args.iterations}")
     if not backends.gpu_mode():         # run_tool has logged the GPU it chose
         log.info("Use CPU.")
-    net = Net(io.read_net(args.model), PHASES[args.phase], level=args.level, stages=args.stage)
+    net = Net(args.model, PHASES[args.phase], level=args.level, stages=args.stage)
+    require_layers(net, args.model)
     net.copy_from(args.weights)
     log.info("Running for %d iterations.", args.iterations)
     with blas_threads(args.threads, net):

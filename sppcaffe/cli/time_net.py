@@ -9,7 +9,6 @@ once; label blobs (those feeding a loss or accuracy layer) get random class
 indices within the classifier's range so losses stay finite.
 """
 import argparse
-import os
 import sys
 import time
 
@@ -20,7 +19,8 @@ from ..layer import LAYER_TYPES, LayerError
 from ..layers.data import ExternalDataLayer
 from ..net import TEST, TRAIN, Net, filter_net
 from ..random import set_random_seed
-from . import CliError, add_gpu_argument, add_net_state_arguments, device_for
+from . import (CliError, add_gpu_argument, add_net_state_arguments, device_for, naming_file,
+               require_file, require_layers)
 
 PROG = "time_net"
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
@@ -96,10 +96,9 @@ def unreadable_data_layers(param, data_shapes):
 
 
 def load_net(args):
-    if not os.path.isfile(args.model):
-        raise CliError(f"cannot read model '{args.model}': no such file")
-    if args.weights is not None and not os.path.isfile(args.weights):
-        raise CliError(f"cannot read weights '{args.weights}': no such file")
+    require_file(args.model, "model")
+    if args.weights is not None:
+        require_file(args.weights, "weights")
     data_shapes = dict(args.data_shape)
     try:
         param = io.read_net(args.model)
@@ -120,12 +119,13 @@ def load_net(args):
                        f"layer(s) {names}, give the shape of each of their tops to fill them "
                        f"with random data, e.g.\n{hints}") from None
     except (OSError, ValueError) as err:
-        raise CliError(f"{args.model}: {err}") from None
+        raise CliError(naming_file(args.model, err)) from None
+    require_layers(net, args.model)
     if args.weights is not None:
         try:
             net.copy_from(args.weights)
         except (OSError, ValueError) as err:
-            raise CliError(f"{args.weights}: {err}") from None
+            raise CliError(naming_file(args.weights, err)) from None
     unknown = [name for name in data_shapes if name not in net.blobs]
     if unknown:
         raise CliError(f"--data-shape names blob(s) the net does not have: {', '.join(unknown)}")

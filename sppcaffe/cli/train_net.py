@@ -13,7 +13,11 @@ log lines are Caffe's, on stderr.  Conveniences on top:
 - one BLAS thread for small nets, where more only cost time (--threads N
   to choose);
 - at the end, `<snapshot_prefix>_training.csv` and `_training.png`: the
-  training loss and the test outputs against the iteration.
+  training loss and the test outputs against the iteration;
+- nothing is lost late: the outputs are checked writable before the first
+  iteration, weights that fill none of the net's layers are an error
+  (--allow-unmatched-weights), and a NaN or infinite loss stops training
+  with a snapshot of the last finite weights (--allow-nan trains on).
 """
 import argparse
 import contextlib
@@ -23,12 +27,13 @@ import os
 import sys
 
 from .. import io
+from ..io.atomic import write_problem
 from ..proto import caffe_pb2
 from ..solvers import get_solver
 from ..solvers.signals import ACTIONS, SNAPSHOT, STOP
 from ..solvers.solver import default_snapshot_prefix
 from . import config, progress
-from . import CliError, add_gpu_argument, device_for, select_device
+from . import CliError, add_gpu_argument, device_for, require_file, select_device
 
 PROG = "train_net"
 log = logging.getLogger("sppcaffe")
@@ -50,6 +55,10 @@ def build_parser():
     parser.add_argument("--weights", metavar="A.caffemodel[,B.caffemodel...]",
                         help="weights copied into the train and test nets before training "
                              "(fine-tuning); comma-separated files are copied in order")
+    parser.add_argument("--allow-unmatched-weights", action="store_true",
+                        help="accept a --weights file (or the solver's `weights`) that fills "
+                             "none of the net's parameter layers (default: an error; such a "
+                             "file is usually another net's)")
     parser.add_argument("--snapshot", metavar="FILE.solverstate",
                         help="resume training from a solver state")
     parser.add_argument("--iters", type=int, metavar="N", help="train to N iterations "
@@ -65,6 +74,10 @@ def build_parser():
                         help="what Ctrl-C (SIGINT) does: %(choices)s (default: %(default)s)")
     parser.add_argument("--sighup-effect", choices=ACTIONS, default=SNAPSHOT,
                         help="what SIGHUP does: %(choices)s (default: %(default)s)")
+    parser.add_argument("--allow-nan", action="store_true",
+                        help="train on when the loss becomes NaN or infinite, as Caffe does "
+                             "(default: stop with an error and a snapshot of the weights "
+                             "before that iteration's update)")
     add_common_arguments(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (it is shown only when stderr is a terminal)")
@@ -125,15 +138,14 @@ def blas_threads(requested, net):
 # ---------------------------------------------------------------------------
 def solver_parameters(args):
     """The solver file's SolverParameter with the command line's overrides."""
-    if not os.path.isfile(args.solver):
-        raise CliError(f"cannot read solver '{args.solver}': no such file")
+    require_file(args.solver, "solver")
     param = io.read_solver(args.solver)
     if args.cfg is not None:
         config.apply_cfg(param, config.load_cfg(args.cfg), args.cfg)
     config.apply_settings(param, [config.Setting(s) for s in args.settings])
     if args.iters is not None:
-        if args.iters < 0:
-            raise CliError(f"--iters must be >= 0, got {args.iters}")
+        if args.iters < 1:
+            raise CliError(f"--iters must be >= 1, got {args.iters}")
         param.max_iter = args.iters
     # As caffe train: the command line's level and stages go to train_state.
     if args.level is not None:
@@ -143,26 +155,39 @@ def solver_parameters(args):
     return param
 
 
-def make_snapshot_folder(param):
-    """Create the folder of snapshot_prefix (Caffe requires it to exist)."""
+def make_snapshot_folder(param, plots=True):
+    """Create the folder of snapshot_prefix (Caffe requires it to exist)
+    when snapshots or the training curves (`plots`) go there, and check now
+    that they can be written: not after the training."""
     folder = os.path.dirname(param.snapshot_prefix)
     writes_snapshots = param.snapshot > 0 or param.snapshot_after_train
-    if folder and writes_snapshots and not os.path.isdir(folder):
-        os.makedirs(folder)
+    if not (writes_snapshots or plots):
+        return
+    if folder and not os.path.isdir(folder):
+        try:
+            os.makedirs(folder)
+        except OSError as err:
+            raise CliError(f"cannot create the snapshot folder '{folder}' (snapshot_prefix "
+                           f"'{param.snapshot_prefix}'): {err.strerror or err}") from None
         log.info("Created snapshot folder %s", folder)
+    if plots:
+        csv_path = progress.curve_paths(param.snapshot_prefix)[0]
+        problem = write_problem(csv_path)
+        if problem:
+            raise CliError(f"cannot write the training curves '{csv_path}' ({problem}); "
+                           "--no-plot does without them")
 
 
-def copy_weights(solver, weights):
+def copy_weights(solver, weights, allow_unmatched=False):
     """caffe.cpp's CopyLayers: each model, in order, into the train net and
-    every test net."""
+    every test net (see Net.copy_from for `allow_unmatched`)."""
     for model in (m.strip() for m in weights.split(",")):
         if not model:
             continue
-        if not os.path.isfile(model):
-            raise CliError(f"cannot read weights '{model}': no such file")
+        require_file(model, "weights")
         log.info("Finetuning from %s", model)
         for net in [solver.net] + list(solver.test_nets):
-            net.copy_from(model)
+            net.copy_from(model, allow_unmatched=allow_unmatched)
 
 
 # ---------------------------------------------------------------------------
@@ -172,9 +197,11 @@ def train(args):
     param = solver_parameters(args)
     if args.gpu is None:
         solver_device(param, args.solver)
-    make_snapshot_folder(param)
+    make_snapshot_folder(param, plots=not args.no_plot)
     solver = get_solver(param, sigint_effect=args.sigint_effect,
-                        sighup_effect=args.sighup_effect, source=args.solver)
+                        sighup_effect=args.sighup_effect, source=args.solver,
+                        allow_nan=args.allow_nan,
+                        allow_unmatched_weights=args.allow_unmatched_weights)
     with blas_threads(args.threads, solver.net):
         run_solver(solver, param, args)
     return 0
@@ -184,13 +211,12 @@ def run_solver(solver, param, args):
     """Resume or fine-tune, train to max_iter, write the curves."""
     curves = progress.TrainingCurves()
     if args.snapshot:
-        if not os.path.isfile(args.snapshot):
-            raise CliError(f"cannot read snapshot '{args.snapshot}': no such file")
+        require_file(args.snapshot, "snapshot")
         log.info("Resuming from %s", args.snapshot)
         solver.restore(args.snapshot)
         curves.keep_earlier(progress.curve_paths(param.snapshot_prefix)[0], solver.iter)
     elif args.weights:
-        copy_weights(solver, args.weights)
+        copy_weights(solver, args.weights, args.allow_unmatched_weights)
     solver.add_listener(curves)
     bar = progress.ProgressBar(solver, enabled=sys.stderr.isatty() and not args.no_progress)
     log.info("Starting Optimization")

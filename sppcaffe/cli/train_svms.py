@@ -23,7 +23,7 @@ import time
 from ..detection import bbox_regression, cache, finetune, svm
 from ..detection.config import DetectionConfigError, dump_config, load_config
 from .progress import run_main
-from . import CliError
+from . import CliError, require_file
 
 PROG = "train_svms"
 log = logging.getLogger("sppcaffe")
@@ -107,8 +107,8 @@ def build_parser():
 
 
 def _check_file(path, what):
-    if path is not None and not os.path.isfile(path):
-        raise CliError(f"cannot read {what} '{path}': no such file")
+    if path is not None:
+        require_file(path, what)
 
 
 def run(args):

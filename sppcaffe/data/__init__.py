@@ -6,6 +6,7 @@
     transformer.py   DataTransformer: mean, scale, crop, mirror, multi-size resize
     multi_size.py    the per-epoch input size of multi-size training
     batch.py         Batch and the BatchReader interface; the readers' own RNG
+                     and their positions (state/restore, for snapshots)
     prefetch.py      background batch preparation
     db_batches.py, image_list.py, hdf5_batches.py, window_file.py
                      the readers of the Data, ImageData, HDF5Data and

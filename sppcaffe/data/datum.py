@@ -5,6 +5,8 @@ A Datum holds either raw pixels (`data`: uint8 bytes in CHW order, or
 (`encoded: true`, JPEG/PNG bytes in `data`, dimensions unset) that is
 decoded with OpenCV into Caffe's BGR order.
 """
+import math
+
 import numpy as np
 from google.protobuf.message import DecodeError
 
@@ -37,7 +39,7 @@ def datum_to_array(datum, mode="native", where="datum"):
     if min(shape) <= 0:
         raise DataError(f"{where}: raw datum has no valid channels/height/width, got "
                         f"{'x'.join(map(str, shape))}")
-    count = int(np.prod(shape))
+    count = math.prod(shape)          # Python ints: a corrupt datum's dimensions cannot overflow
     if datum.data:
         values = np.frombuffer(datum.data, np.uint8)
     else:

@@ -130,6 +130,16 @@ class DatumReader:
         for _ in range(count):
             self.next()
 
+    def contains(self, key):
+        return self._txn.get(key) is not None
+
+    def seek(self, key, epoch):
+        """Make `key` (a key of the database) the next record and `epoch`
+        the pass count, as the reader stood when peek() gave that key."""
+        if not self._cursor.set_key(key):
+            raise DataError(f"LMDB database '{self.path}' has no key {key!r}")
+        self.epoch = epoch
+
     def close(self):
         if self._cursor is None:
             return

@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-from .batch import Batch, BatchReader
+from .batch import Batch, BatchReader, ReaderStateMismatch
 from .datum import datum_to_array, parse_datum
 from .db import DatumReader
 from .errors import DataError
@@ -72,6 +72,24 @@ class DBBatchReader(BatchReader):
             names.append(key.decode(errors="replace"))
         data = self.transformer.transform(items, epoch, names)
         return Batch([data, labels][:self.num_top], epoch, self.transformer.size(epoch))
+
+    def cursor_state(self):
+        # The key of the next record: the position survives records being
+        # appended, and seeking to it is a B-tree lookup.
+        return {"source": self.db.path, "key": self.db.peek()[0].hex(), "epoch": self.db.epoch}
+
+    def check_cursor(self, state):
+        try:
+            key, epoch = bytes.fromhex(state["key"]), int(state["epoch"])
+        except (KeyError, TypeError, ValueError):
+            raise ReaderStateMismatch("malformed Data state") from None
+        if epoch < 0 or not self.db.contains(key):
+            raise ReaderStateMismatch(f"the database '{self.db.path}' has no record with the "
+                                      f"saved next key '{key.decode(errors='replace')}'")
+
+        def apply():
+            self.db.seek(key, epoch)
+        return apply
 
     def close(self):
         self.db.close()

@@ -7,12 +7,12 @@ of rows; a batch takes rows in order and runs on into the next file.
 `shuffle` permutes the file order (again at every pass) and the rows of
 every file.  Files are loaded whole, one at a time.
 """
-import os
-
 import h5py
 import numpy as np
 
-from .batch import Batch, BatchReader
+from ..io.files import path_problem, read_text_file
+from .batch import Batch, BatchReader, ReaderStateMismatch
+from .errors import DataError
 
 
 class HDF5BatchReader(BatchReader):
@@ -29,11 +29,9 @@ class HDF5BatchReader(BatchReader):
             raise self.error("hdf5_data_param.batch_size must be positive")
         self.shuffle = bool(p.shuffle)
         try:
-            with open(self.source, encoding="utf-8") as f:
-                self.files = f.read().split()
-        except OSError as err:
-            raise self.error(f"cannot read HDF5 file list '{self.source}': "
-                             f"{err.strerror}") from None
+            self.files = read_text_file(self.source, "HDF5 file list", DataError).split()
+        except (OSError, DataError) as err:
+            raise self.error(str(err)) from None
         if not self.files:
             raise self.error(f"'{self.source}' lists no HDF5 files")
         self.file_order = np.arange(len(self.files))
@@ -44,10 +42,21 @@ class HDF5BatchReader(BatchReader):
         self._load(self.file_order[0])
 
     def _load(self, index):
+        """Make file `index` the current one, its rows in a new order."""
+        self.data = self._read(index)
+        self.loaded = index
+        self.row = 0
+        self.row_order = np.arange(len(self.data[0]))
+        if self.shuffle:
+            self.rng.shuffle(self.row_order)
+
+    def _read(self, index):
+        """The arrays of file `index`, one per top, checked."""
         path = self.files[index]
-        if not os.path.isfile(path):
+        problem = path_problem(path)
+        if problem:
             raise self.error(f"cannot open HDF5 file '{path}' (listed in '{self.source}'): "
-                             "no such file")
+                             f"{problem}")
         try:
             with h5py.File(path, "r") as f:
                 missing = [name for name in self.top_names
@@ -56,6 +65,11 @@ class HDF5BatchReader(BatchReader):
                     raise self.error(f"HDF5 file '{path}' has no dataset named {missing} "
                                      f"(datasets: {sorted(f.keys())}); datasets are named "
                                      "by the layer's tops")
+                not_numbers = [f"{name} ({f[name].dtype})" for name in self.top_names
+                               if f[name].dtype.kind not in "biuf"]
+                if not_numbers:
+                    raise self.error(f"HDF5 file '{path}': datasets {not_numbers} do not hold "
+                                     "numbers")
                 arrays = [np.asarray(f[name], np.float32) for name in self.top_names]
         except OSError as err:
             raise self.error(f"cannot read HDF5 file '{path}': {err}") from None
@@ -69,11 +83,7 @@ class HDF5BatchReader(BatchReader):
             raise self.error(f"HDF5 file '{path}' has rows of shapes {shapes}, the first file "
                              f"had {self.item_shapes}")
         self.item_shapes = shapes
-        self.data = arrays
-        self.row = 0
-        self.row_order = np.arange(rows.pop())
-        if self.shuffle:
-            self.rng.shuffle(self.row_order)
+        return arrays
 
     def _end_of_file(self):
         """Caffe's Next() past the last row: the next file, or the same one
@@ -84,12 +94,15 @@ class HDF5BatchReader(BatchReader):
                 self.current_file = 0
                 self.epoch += 1
                 if self.shuffle:
+                    # New arrays: the old ones may be part of a saved state().
+                    self.file_order = self.file_order.copy()
                     self.rng.shuffle(self.file_order)
             self._load(self.file_order[self.current_file])
         else:
             self.epoch += 1
             self.row = 0
             if self.shuffle:
+                self.row_order = self.row_order.copy()
                 self.rng.shuffle(self.row_order)
 
     def top_shapes(self):
@@ -109,3 +122,36 @@ class HDF5BatchReader(BatchReader):
             if self.row == len(self.row_order):
                 self._end_of_file()
         return Batch(out, epoch, None)
+
+    def cursor_state(self):
+        return {"source": self.source, "files": len(self.files), "file_order": self.file_order,
+                "current_file": self.current_file, "row_order": self.row_order,
+                "row": self.row, "epoch": self.epoch}
+
+    def check_cursor(self, state):
+        try:
+            file_order = np.asarray(state["file_order"], np.int64)
+            row_order = np.asarray(state["row_order"], np.int64)
+            current, row, epoch = (int(state[k]) for k in ("current_file", "row", "epoch"))
+            files = int(state["files"])
+        except (KeyError, TypeError, ValueError):
+            raise ReaderStateMismatch("malformed HDF5Data state") from None
+        if files != len(self.files):
+            raise ReaderStateMismatch(f"the file list '{state.get('source')}' had {files} "
+                                      f"files, '{self.source}' has {len(self.files)}")
+        if (file_order.shape != (files,) or not 0 <= current < files or epoch < 0
+                or not np.array_equal(np.sort(file_order), np.arange(files))):
+            raise ReaderStateMismatch("malformed HDF5Data state (file order)")
+        index = int(file_order[current])
+        data = self.data if index == self.loaded else self._read(index)
+        rows = len(data[0])
+        if (row_order.shape != (rows,) or not 0 <= row < rows
+                or not np.array_equal(np.sort(row_order), np.arange(rows))):
+            raise ReaderStateMismatch(f"the saved row order does not fit the {rows} rows of "
+                                      f"'{self.files[index]}'")
+
+        def apply():
+            self.data, self.loaded = data, index
+            self.file_order, self.current_file = file_order, current
+            self.row_order, self.row, self.epoch = row_order, row, epoch
+        return apply

@@ -20,7 +20,13 @@ def read_image(path, height=0, width=0, is_color=True):
     None when the file cannot be read or decoded (as Caffe, which logs
     and goes on)."""
     flag = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
-    image = cv2.imread(os.fspath(path), flag)
+    path = os.fspath(path)
+    if "\0" in path:
+        return None           # no file has such a name; OpenCV would read the name up to the NUL
+    try:
+        image = cv2.imread(path, flag) if _opencv_takes(path) else _decode_file(path, flag)
+    except cv2.error:           # e.g. a corrupt header declaring a huge image
+        return None
     if image is None:
         return None
     if height > 0 and width > 0:
@@ -28,12 +34,34 @@ def read_image(path, height=0, width=0, is_color=True):
     return image
 
 
+def _opencv_takes(path):
+    """Whether cv2.imread can be given `path`: a name that is not UTF-8 on
+    disk (a lone surrogate in Python) crashes it."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _decode_file(path, flag):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
+
+
 def decode_image(data, mode="native"):
     """Decode JPEG/PNG/... bytes (`mode` one of DECODE_FLAGS); None if the
     bytes are not an image OpenCV can decode."""
     if not data:
         return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS[mode])
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS[mode])
+    except cv2.error:           # e.g. a corrupt header declaring a huge image
+        return None
 
 
 def encode_image(image, encoding):

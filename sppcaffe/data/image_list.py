@@ -4,7 +4,8 @@ import os
 
 import numpy as np
 
-from .batch import Batch, BatchReader
+from ..io.files import read_text_file
+from .batch import Batch, BatchReader, ReaderStateMismatch
 from .errors import DataError
 from .image import read_image, to_chw
 from .transformer import DataTransformer
@@ -16,10 +17,9 @@ def read_image_list(path):
     blank lines are skipped."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        lines = read_text_file(path, "image list", DataError).splitlines()
     except OSError as err:
-        raise DataError(f"cannot read image list '{path}': {err.strerror}") from None
+        raise DataError(str(err)) from None
     entries = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -99,6 +99,30 @@ class ImageListBatchReader(BatchReader):
                 self.position = 0
                 self.epoch += 1
                 if self.shuffle:
+                    # A new array: the old one may be part of a saved state().
+                    self.order = self.order.copy()
                     self.rng.shuffle(self.order)
         data = self.transformer.transform(items, epoch, names)
         return Batch([data, labels], epoch, self.transformer.size(epoch))
+
+    def cursor_state(self):
+        return {"source": self.source, "images": len(self.entries), "order": self.order,
+                "position": self.position, "epoch": self.epoch}
+
+    def check_cursor(self, state):
+        try:
+            order = np.asarray(state["order"], np.int64)
+            position, epoch = int(state["position"]), int(state["epoch"])
+            images = int(state["images"])
+        except (KeyError, TypeError, ValueError):
+            raise ReaderStateMismatch("malformed ImageData state") from None
+        if images != len(self.entries):
+            raise ReaderStateMismatch(f"the image list '{state.get('source')}' had {images} "
+                                      f"images, '{self.source}' has {len(self.entries)}")
+        if (order.shape != (images,) or not 0 <= position < images or epoch < 0
+                or not np.array_equal(np.sort(order), np.arange(images))):
+            raise ReaderStateMismatch("malformed ImageData state (order or position)")
+
+        def apply():
+            self.order, self.position, self.epoch = order, position, epoch
+        return apply

@@ -45,6 +45,27 @@ class SizeSchedule:
             return None
         return cls(transform_param.multi_size, transform_param.multi_size_mode, rng)
 
+    def state(self):
+        """The schedule and the sizes drawn so far, for a snapshot."""
+        return {"sizes": list(self.sizes), "mode": int(self.mode),
+                "drawn": [[epoch, size] for epoch, size in sorted(self._drawn.items())]}
+
+    def check_state(self, saved):
+        """Check a `state()` against this schedule; return a function that
+        restores its drawn sizes.  ValueError when it is another schedule."""
+        try:
+            sizes, mode = [int(s) for s in saved["sizes"]], int(saved["mode"])
+            drawn = {int(epoch): int(size) for epoch, size in saved["drawn"]}
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"malformed multi-size state {saved!r}") from None
+        if (sizes, mode) != (self.sizes, self.mode):
+            raise ValueError(f"multi_size was {sizes} (mode {mode}), it is {self.sizes} "
+                             f"(mode {self.mode}) now")
+
+        def apply():
+            self._drawn = drawn
+        return apply
+
     def size(self, epoch):
         if self.mode == ALTERNATE:
             return self.sizes[epoch % len(self.sizes)]

@@ -7,6 +7,13 @@ deterministic on its own (its random draws come from a generator seeded
 at layer setup), and batches are taken in the order they were made, so a
 prefetched run equals a synchronous one (`prefetch: 0`).
 
+Position: the thread reads ahead, so the reader's own state is not where
+the net stands.  Each batch therefore travels with the reader's state()
+taken right after it was made; `position()` is the state after the last
+batch handed out, i.e. where the next step's batch starts, which is what a
+snapshot records.  `restore(state)` stops the thread, drops what it read
+ahead, puts the reader there and starts it again.
+
 Stopping: `close()` stops the thread and then closes the reader.  The
 thread holds the reader, never the layer, so a net that is garbage
 collected is finalised (see layers/data.py), and finalisers also run at
@@ -29,7 +36,7 @@ def _fill(reader, ready, stop):
     """Thread body; takes no reference to the layer or the Prefetcher."""
     while not stop.is_set():
         try:
-            item = reader.next_batch()
+            item = (reader.next_batch(), reader.state())
         except BaseException as err:       # noqa: B902 - handed to the consumer
             item = _Failure(err)
         while not stop.is_set():
@@ -51,6 +58,12 @@ class SynchronousBatches:
     def next(self):
         return self._reader.next_batch()
 
+    def position(self):
+        return self._reader.state()
+
+    def restore(self, state):
+        self._reader.restore(state)
+
     def close(self):
         self._reader.close()
 
@@ -60,14 +73,30 @@ class Prefetcher:
         if depth < 1:
             raise ValueError(f"prefetch depth must be at least 1, got {depth}")
         self.name = name
+        self.depth = depth
         self._reader = reader
-        self._ready = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._error = None
         self._closed = False
-        self._thread = threading.Thread(target=_fill, args=(reader, self._ready, self._stop),
-                                        name=f"sppcaffe-prefetch-{name}", daemon=True)
+        self._position = reader.state()
+        self._start()
+
+    def _start(self):
+        self._error = None
+        self._ready = queue.Queue(maxsize=self.depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=_fill, args=(self._reader, self._ready, self._stop),
+                                        name=f"sppcaffe-prefetch-{self.name}", daemon=True)
         self._thread.start()
+
+    def _halt(self):
+        """Stop the thread and drop the batches it made; True once it is gone."""
+        self._stop.set()
+        while True:                          # unblock a put() and drop ready batches
+            try:
+                self._ready.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(_JOIN_TIMEOUT_S)
+        return not self._thread.is_alive()
 
     def next(self):
         """The next batch, waiting for it if the thread is behind."""
@@ -85,7 +114,29 @@ class Prefetcher:
         if isinstance(item, _Failure):
             self._error = item.error
             raise item.error
-        return item
+        batch, self._position = item
+        return batch
+
+    def position(self):
+        """The reader's state where the next batch handed out starts."""
+        return self._position
+
+    def restore(self, state):
+        """Continue from `state` (a reader state, e.g. a saved position()),
+        dropping what the thread had read ahead.  The reader's
+        ReaderStateMismatch leaves the position as it was."""
+        if self._closed:
+            raise RuntimeError(f"{self.name}: the data reader was closed")
+        if not self._halt():
+            raise RuntimeError(f"{self.name}: the prefetch thread did not stop within "
+                               f"{_JOIN_TIMEOUT_S:g} s; cannot move its reader")
+        try:
+            self._reader.restore(state)
+            self._position = state
+        finally:
+            if self._position is not state:
+                self._reader.restore(self._position)   # what the thread had read ahead from
+            self._start()
 
     def close(self):
         """Stop the thread, then close the reader (only once the thread is
@@ -93,12 +144,5 @@ class Prefetcher:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        while True:                          # unblock a put() and drop ready batches
-            try:
-                self._ready.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(_JOIN_TIMEOUT_S)
-        if not self._thread.is_alive():
+        if self._halt():
             self._reader.close()

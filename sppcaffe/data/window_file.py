@@ -26,6 +26,7 @@ import os
 import cv2
 import numpy as np
 
+from ..io.files import read_text_file
 from .batch import Batch, BatchReader
 from .errors import DataError
 from .image import decode_image, to_chw
@@ -37,10 +38,9 @@ IMAGE, LABEL, OVERLAP, X1, Y1, X2, Y2 = range(7)
 
 def _tokens(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text_file(path, "window file", DataError)
     except OSError as err:
-        raise DataError(f"cannot read window file '{path}': {err.strerror}") from None
+        raise DataError(str(err)) from None
     return [(token, number) for number, line in enumerate(text.splitlines(), 1)
             for token in line.split()]
 
@@ -174,6 +174,7 @@ class WindowBatchReader(BatchReader):
         # BVLC reads the scale from window_data_param only; transform_param.scale
         # (where Caffe's V1 upgrade moves it) is used when that is unset.
         self.scale = F32(wp.scale if wp.HasField("scale") else tp.scale)
+        self.source = wp.source
         try:
             self.images, self.fg, self.bg = read_window_file(
                 wp.source, wp.root_folder, wp.fg_threshold, wp.bg_threshold)
@@ -255,6 +256,10 @@ class WindowBatchReader(BatchReader):
                 labels[item] = window[LABEL]
                 item += 1
         return Batch([out, labels], 0, None)
+
+    def cursor_state(self):
+        # Windows are drawn with replacement: the generator is the whole position.
+        return {"source": self.source}
 
     def _store(self, out, pixels, pad_h, pad_w):
         """out[:, region] = (pixels - mean) * scale, the region starting at

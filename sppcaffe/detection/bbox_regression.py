@@ -28,6 +28,7 @@ from typing import List
 import numpy as np
 
 from ..io.atomic import atomic_write
+from ..io.files import read_npz
 from .boxes import apply_deltas, as_boxes, clip_boxes, pairwise_iou, regression_targets
 from .config import BBoxRegressionConfig
 
@@ -117,10 +118,10 @@ class BBoxRegressor:
 
     @classmethod
     def load(cls, path):
+        z = read_npz(path, "box-regression file", ValueError)
         try:
-            with np.load(path) as z:
-                return cls([str(c) for c in z["classes"]], z["beta"], z["mu"], z["T"],
-                           float(z["feature_scale"]), z["trained"].astype(bool))
+            return cls([str(c) for c in z["classes"]], z["beta"], z["mu"], z["T"],
+                       float(z["feature_scale"]), z["trained"].astype(bool))
         except KeyError as err:
             raise ValueError(f"{path}: not a box-regression file (no {err})") from None
 

@@ -47,6 +47,7 @@ from .. import backends, io
 from ..backends import gpu
 from ..blob import Blob
 from ..io.atomic import atomic_write
+from ..io.files import read_npz
 from ..net import TEST, Net
 from ..proto import caffe_pb2
 from . import svd
@@ -346,11 +347,11 @@ class SVMModel:
 
     @classmethod
     def load(cls, path):
+        z = read_npz(path, "SVM file", ValueError)
         try:
-            with np.load(path) as z:
-                return cls([str(c) for c in z["classes"]], z["W"], z["b"], str(z["feature_layer"]),
-                           float(z["feature_scale"]), str(z["fc_net"]) or None,
-                           str(z["fc_weights"]) or None)
+            return cls([str(c) for c in z["classes"]], z["W"], z["b"], str(z["feature_layer"]),
+                       float(z["feature_scale"]), str(z["fc_net"]) or None,
+                       str(z["fc_weights"]) or None)
         except KeyError as err:
             raise ValueError(f"{path}: not an SVM file of train_svms (no {err})") from None
 

@@ -159,9 +159,9 @@ class VOCDataset:
 
     def read_image(self, image_id):
         """The image as an (H, W, 3) uint8 BGR array (OpenCV's order, Caffe's)."""
-        import cv2
+        from ..data.image import read_image       # OpenCV, as Caffe reads images
         path = self.image_path(image_id)
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        image = read_image(path)
         if image is None:
             raise VOCFormatError(f"cannot read image {path}")
         return image

@@ -41,5 +41,11 @@ def read_weights(path):
     """A .caffemodel as a modern NetParameter (V1 `layers` upgraded)."""
     path = os.fspath(path)
     param = read_binary(path, caffe_pb2.NetParameter())
+    if not len(param.layer) and not len(param.layers):
+        # Protobuf reads an empty file, and some other messages, as an empty
+        # NetParameter: copying it would silently leave the net as it was.
+        what = "is empty (0 bytes)" if not os.path.getsize(path) else "holds no layers"
+        raise CaffemodelError(f"'{path}' {what}: not a .caffemodel (a NetParameter with the "
+                              "layers' weights)")
     # Upgrading copies the message: skip it for modern files (weights can be 200 MB+).
     return upgrade_net(param, source=path) if net_needs_upgrade(param) else param

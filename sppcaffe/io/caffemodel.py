@@ -7,6 +7,7 @@ a BlobProto is serialized (C speed) and its packed `data` field read with
 np.frombuffer; writing appends a hand-built packed field and lets the C
 parser take it.
 """
+import math
 import os
 
 import numpy as np
@@ -14,12 +15,16 @@ from google.protobuf.message import DecodeError
 
 from ..proto import caffe_pb2
 from .atomic import atomic_write
+from .files import read_bytes
 
 # BlobProto field numbers (BVLC): packed float data/diff, packed double data/diff.
 _FIELD_FLOAT = {"data": 5, "diff": 6}
 _FIELD_DOUBLE = {"data": 8, "diff": 9}
 _WIRE_VARINT, _WIRE_64, _WIRE_LEN, _WIRE_32 = 0, 1, 2, 5
 _SMALL = 4096
+# What a file holding each message is called, for messages naming it.
+_FILE_KINDS = {"NetParameter": "weights", "BlobProto": "binaryproto",
+               "SolverState": "solver state"}
 
 
 class CaffemodelError(ValueError):
@@ -98,9 +103,10 @@ def blob_matches(blob, shape):
     return legacy_shape(shape) == (blob.num, blob.channels, blob.height, blob.width)
 
 
-def blob_to_array(blob, field="data", shape=None):
+def blob_to_array(blob, field="data", shape=None, where="blob"):
     """The values of a BlobProto's `data` (or `diff`) as a float32 array of
-    `shape` (default: the proto's own shape)."""
+    `shape` (default: the proto's own shape); `where` names the blob (file
+    and place in it) in errors."""
     float_values = getattr(blob, field)
     double_values = getattr(blob, "double_" + field)
     if len(float_values) > _SMALL or len(double_values) > _SMALL:
@@ -112,9 +118,11 @@ def blob_to_array(blob, field="data", shape=None):
     else:
         values = np.asarray(float_values if len(float_values) else double_values)
     shape = blob_shape(blob) if shape is None else tuple(shape)
-    if values.size != int(np.prod(shape)):
-        raise CaffemodelError(f"blob holds {values.size} values but its shape {shape} "
-                              f"needs {int(np.prod(shape))}")
+    if any(d < 0 for d in shape):
+        raise CaffemodelError(f"{where} has a negative dimension in its shape {shape}")
+    if values.size != math.prod(shape):     # Python ints: no overflow on a corrupt shape
+        raise CaffemodelError(f"{where} holds {values.size} values but its shape {shape} "
+                              f"needs {math.prod(shape)}")
     return values.astype(np.float32).reshape(shape)
 
 
@@ -136,14 +144,15 @@ def array_to_blob(array, blob=None, diff=None):
     return blob
 
 
-def read_binary(path, message):
-    """Parse a binary protobuf file into `message`, naming the file on error."""
+def read_binary(path, message, allow_empty=True):
+    """Parse a binary protobuf file into `message`, naming the file on error.
+    Protobuf reads a 0-byte file as a message with every field unset:
+    `allow_empty=False` makes that an error."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as err:
-        raise FileNotFoundError(f"cannot read '{path}': {err.strerror}") from None
+    kind = _FILE_KINDS.get(message.DESCRIPTOR.name, message.DESCRIPTOR.name)
+    raw = read_bytes(path, kind)
+    if not raw and not allow_empty:
+        raise CaffemodelError(f"'{path}' is empty (0 bytes): not a {kind}")
     try:
         message.ParseFromString(raw)
     except DecodeError as err:
@@ -159,7 +168,8 @@ def write_binary(message, path):
 
 def read_blobproto(path):
     """A .binaryproto file (e.g. a mean image) as a float32 array."""
-    return blob_to_array(read_binary(path, caffe_pb2.BlobProto()))
+    blob = read_binary(path, caffe_pb2.BlobProto(), allow_empty=False)
+    return blob_to_array(blob, where=f"'{os.fspath(path)}'")
 
 
 def write_blobproto(array, path):

@@ -7,11 +7,13 @@ Net::CopyTrainedLayersFromHDF5 (`data/<layer>/<i>` and, with
 snapshot_diff, `diff/<layer>/<i>`).
 """
 import contextlib
+import os
 
 import h5py
 import numpy as np
 
 from .atomic import atomic_write
+from .files import check_file
 
 
 class HDF5SnapshotError(ValueError):
@@ -24,6 +26,17 @@ def create(path):
     with atomic_write(path, "w+b") as f:
         with h5py.File(f, "w") as h5:
             yield h5
+
+
+def open_for_reading(path, what):
+    """The h5py File at `path`, open for reading; errors name the file and
+    `what` it was to be read as (HDF5SnapshotError: not an HDF5 file)."""
+    check_file(path, what)
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise HDF5SnapshotError(f"cannot read {what} '{os.fspath(path)}': not a readable HDF5 "
+                                f"file ({err})") from None
 
 
 def save_int(group, name, value):
@@ -108,11 +121,15 @@ def write_net(net, path, write_diff=False):
 
 def copy_into_net(net, path):
     """Net::CopyTrainedLayersFromHDF5: layers matched by name, unknown
-    layers ignored, a missing dataset allowed only for a shared param."""
-    with h5py.File(path, "r") as f:
+    layers ignored, a missing dataset allowed only for a shared param.
+    Returns (names of the net's layers filled, file layers the net lacks)."""
+    with open_for_reading(path, "HDF5 weights") as f:
         if "data" not in f:
             raise HDF5SnapshotError(f"{path}: no 'data' group (not a Caffe HDF5 model)")
         data = f["data"]
+        names = {layer.name for layer in net.layers}
+        ignored = [name for name in data if name not in names]
+        filled = []
         for layer, owns in zip(net.layers, _param_owners(net)):
             if layer.name not in data:
                 continue
@@ -128,3 +145,6 @@ def copy_into_net(net, path):
                                                 f"{i} in the file")
                     continue
                 blob.data[...] = load_blob(group, str(i), blob.shape, path)
+            if layer.blobs and len(group):
+                filled.append(layer.name)
+    return filled, ignored

@@ -5,6 +5,7 @@ import os
 from google.protobuf import text_format
 
 from .atomic import atomic_write
+from .files import read_text_file
 
 
 class PrototxtError(ValueError):
@@ -29,12 +30,11 @@ def parse_text(text, message, source="<string>"):
 
 
 def read_text(path, message):
+    """Parse the prototxt file at `path` into `message`; an OSError naming
+    the file when it cannot be read, a PrototxtError when it is not text
+    or does not parse."""
     path = os.fspath(path)
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise FileNotFoundError(f"cannot read prototxt '{path}': {err.strerror}") from None
+    text = read_text_file(path, "prototxt", PrototxtError)
     return parse_text(text, message, source=path)
 
 

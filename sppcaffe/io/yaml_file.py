@@ -1,14 +1,19 @@
 """Reading YAML settings files (tool configs), naming the file on error."""
 import yaml
 
+from .files import read_text_file
+
 
 def read_yaml(path, error=ValueError):
     """The parsed content of YAML file `path`; problems raise `error` with
     a message naming the file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+        text = read_text_file(path, "config", error)
     except OSError as err:
-        raise error(f"cannot read config '{path}': {err.strerror}") from None
+        raise error(str(err)) from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise error(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid YAML: nested too deeply") from None

@@ -411,7 +411,11 @@ class ConvolutionLayer(Layer):
         n, c, p, o = self._sizes()
         self._pointwise_products_gpu(False, w, x, c, y, o)
         if self.bias_term:
-            gpu.kernel("conv_add_bias")(n * o * p, n * o * p, y, bias, o, p)
+            # By chunks of images: a launch counts with 32-bit ints, and the
+            # whole batch's top can hold 2^31 values or more.
+            for lo, hi in self._chunks(self._chunk()):
+                count = (hi - lo) * o * p
+                gpu.kernel("conv_add_bias")(count, count, y + 4 * lo * o * p, bias, o, p)
 
     def backward_gpu(self, top, propagate_down, bottom):
         n, k, p, o = self._sizes()

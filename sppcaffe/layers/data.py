@@ -6,6 +6,7 @@ import weakref
 
 import numpy as np
 
+from ..data.batch import ReaderStateMismatch, json_ready
 from ..data.db_batches import DBBatchReader
 from ..data.hdf5_batches import HDF5BatchReader
 from ..data.image_list import ImageListBatchReader
@@ -142,6 +143,12 @@ class ExternalDataLayer(Layer):
     over the source and its multi-size side (None without multi-size).
     `close()` stops the thread and closes the source; it also runs when
     the layer is garbage collected and at interpreter exit.
+
+    `data_state()` is where the layer stands for a snapshot: the position
+    of the batch the next forward takes (not what the prefetch thread has
+    read ahead) with the reader's generator, order and epoch;
+    `restore_data_state(state)` goes back there (see
+    solvers/resume_state.py).
     """
     exact_num_bottom = 0
     min_num_top = 1
@@ -199,6 +206,31 @@ class ExternalDataLayer(Layer):
             self._logged_epoch = batch.epoch
             _log.info("%s layer '%s': epoch %d, input size %dx%d", self.type, self.name,
                       batch.epoch, batch.size, batch.size)
+
+    def data_state(self):
+        """A value for restore_data_state(), JSON-ready, or None when the
+        layer reads nothing (fed from Python)."""
+        if self._batches is None:
+            return None
+        return {"epoch": self.epoch, "size": self.current_size,
+                "reader": json_ready(self._batches.position())}
+
+    def restore_data_state(self, state):
+        """Continue from a data_state() of this layer in an earlier run.
+        Raises ReaderStateMismatch, changing nothing, when it does not fit
+        (another source, another layer type)."""
+        if self._batches is None:
+            raise self.error("the layer was closed" if not self.fed_from_python else
+                             "the layer is fed from Python: it has no data position")
+        try:
+            epoch, size = int(state["epoch"]), state["size"]
+            size = None if size is None else int(size)
+            reader = state["reader"]
+        except (KeyError, TypeError, ValueError):
+            raise ReaderStateMismatch(f"malformed data layer state {state!r:.80}") from None
+        self._batches.restore(reader)
+        self.epoch, self.current_size = epoch, size
+        self._logged_epoch = epoch if size is not None else None
 
     def close(self):
         """Stop the prefetch thread and close the source."""

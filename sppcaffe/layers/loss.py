@@ -376,10 +376,11 @@ class AccuracyLayer(Layer):
         self._sums = DeviceSums(self._dev)
 
     def reshape(self, bottom, top):
-        if self.top_k > bottom[0].count // max(bottom[1].count, 1):
-            raise self.error(f"top_k ({self.top_k}) must be less than or equal to the number "
-                             f"of classes ({bottom[0].count // max(bottom[1].count, 1)})")
         self.targets.reshape(bottom[0].shape, bottom[1], self.param.accuracy_param.axis)
+        # The classes from the shape, not Caffe's count ratio (0 / 0 for an empty batch).
+        if self.top_k > self.targets.num_classes:
+            raise self.error(f"top_k ({self.top_k}) must be less than or equal to the number "
+                             f"of classes ({self.targets.num_classes})")
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape((self.targets.num_classes,))

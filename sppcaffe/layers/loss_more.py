@@ -15,7 +15,8 @@ from ..layer import register
 from ..proto import caffe_pb2
 from .activations import SigmoidLayer
 from .loss import (DeviceSums, LabelledPredictions, LossLayer, as_3d, ignore_label,
-                   kernel_ignore_args, normalization_mode, normalizer, softmax, softmax_gpu)
+                   kernel_ignore_args, normalization_mode, normalizer, softmax, softmax_gpu,
+                   truncated_labels)
 
 # Caffe's kLOG_THRESHOLD: probabilities are clamped to it before the log.
 LOG_THRESHOLD = DTYPE(1e-20)
@@ -26,6 +27,12 @@ def _legacy_dims(blob):
     """Caffe's (num, channels, height, width) view of a blob's shape, with
     the count for blobs of more than four axes."""
     return blob.num, blob.channels, blob.height, blob.width, blob.count
+
+
+def _per_item(blob):
+    """Caffe's divisor of the summed loss, the batch size; 1 for an empty
+    batch, whose loss is then 0 (not 0 / 0) and whose gradient is empty."""
+    return max(blob.num, 1)
 
 
 def _refuse_label_gradient(layer, propagate_down, what="label", index=1):
@@ -90,7 +97,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
             raise self.error(f"inputs must have the same count: {bottom[0].shape} vs "
                              f"{bottom[1].shape}")
         self.outer = bottom[0].num
-        self.inner = bottom[0].count // self.outer
+        self.inner = bottom[0].count // max(self.outer, 1)
         self._sigmoid.reshape([bottom[0]], [self._sigmoid_top])
 
     def _normalizer(self, valid_count):
@@ -99,7 +106,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
     def _counted(self, target):
         if self.ignore is None:
             return np.ones(target.shape, bool)
-        return target.astype(np.int64) != self.ignore
+        return truncated_labels(target) != self.ignore
 
     def forward(self, bottom, top):
         self._sigmoid.forward([bottom[0]], [self._sigmoid_top])
@@ -149,7 +156,7 @@ class _PerSampleLabels(LabelledPredictions):
 
     def reshape(self, predictions, labels):
         num = predictions.num
-        super().reshape((num, predictions.count // num), labels, 1)
+        super().reshape((num, int(np.prod(predictions.shape[1:]))), labels, 1)
 
     def sample_labels(self, label_data):
         """The labels as ints, one per sample (an error if out of range)."""
@@ -192,7 +199,7 @@ class HingeLossLayer(LossLayer):
         np.copyto(bottom[0].diff.reshape(m.shape), m)
         flat = m.reshape(-1)
         total = np.dot(flat, flat) if self.squared else flat.sum(dtype=np.float64)
-        top[0].data[...] = total / bottom[0].num
+        top[0].data[...] = total / _per_item(bottom[0])
 
     def backward(self, top, propagate_down, bottom):
         _refuse_label_gradient(self, propagate_down)
@@ -201,7 +208,7 @@ class HingeLossLayer(LossLayer):
         dx = bottom[0].diff.reshape(self._margins.shape)
         np.copyto(dx, self._margins)
         _negate_true_class(dx, self.targets.sample_labels(bottom[1].data))
-        scale = self.loss_weight(top) / bottom[0].num
+        scale = self.loss_weight(top) / _per_item(bottom[0])
         if self.squared:
             dx *= DTYPE(2 * scale)
         else:
@@ -223,7 +230,7 @@ class HingeLossLayer(LossLayer):
         n, dim = bottom[0].count, self.targets.num_classes
         gpu.kernel("hinge_loss_backward")(n, n, dim, self._dev.floats("margins", n),
                                           bottom[1].gpu_data, int(self.squared), top[0].gpu_diff,
-                                          1.0 / bottom[0].num, bottom[0].mutable_gpu_diff)
+                                          1.0 / _per_item(bottom[0]), bottom[0].mutable_gpu_diff)
 
 
 # ---- MultinomialLogisticLoss ---------------------------------------------------------
@@ -244,21 +251,21 @@ class MultinomialLogisticLossLayer(LossLayer):
         """(sample indices, labels, clamped probabilities of the labels)."""
         labels = self.targets.sample_labels(bottom[1].data)
         rows = np.arange(len(labels))
-        prob = bottom[0].data.reshape(len(labels), -1)
+        prob = bottom[0].data.reshape(len(labels), self.targets.num_classes)
         return rows, labels, np.maximum(prob[rows, labels], LOG_THRESHOLD)
 
     def forward(self, bottom, top):
         _, _, picked = self._picked(bottom)
-        top[0].data[...] = -np.log(picked, dtype=np.float64).sum() / bottom[0].num
+        top[0].data[...] = -np.log(picked, dtype=np.float64).sum() / _per_item(bottom[0])
 
     def backward(self, top, propagate_down, bottom):
         _refuse_label_gradient(self, propagate_down)
         if not propagate_down[0]:
             return
         rows, labels, picked = self._picked(bottom)
-        dx = bottom[0].diff.reshape(len(labels), -1)
+        dx = bottom[0].diff.reshape(len(labels), self.targets.num_classes)
         dx[...] = 0
-        dx[rows, labels] = DTYPE(-self.loss_weight(top) / bottom[0].num) / picked
+        dx[rows, labels] = DTYPE(-self.loss_weight(top) / _per_item(bottom[0])) / picked
 
     def forward_gpu(self, bottom, top):
         num, dim = bottom[0].num, self.targets.num_classes
@@ -274,7 +281,7 @@ class MultinomialLogisticLossLayer(LossLayer):
         n, dim = bottom[0].count, self.targets.num_classes
         gpu.kernel("multinomial_logistic_loss_backward")(
             n, n, dim, bottom[0].gpu_data, bottom[1].gpu_data, top[0].gpu_diff,
-            1.0 / bottom[0].num, bottom[0].mutable_gpu_diff)
+            1.0 / _per_item(bottom[0]), bottom[0].mutable_gpu_diff)
 
 
 # ---- InfogainLoss --------------------------------------------------------------------
@@ -435,17 +442,27 @@ class ContrastiveLossLayer(LossLayer):
         diff = np.subtract(a.data.reshape(self._diff.shape), b.data.reshape(self._diff.shape),
                            out=self._diff)
         self._dist_sq = np.einsum("nc,nc->n", diff, diff)
-        similar = sim.data.reshape(-1).astype(np.int64) != 0
+        similar = self._similar(sim)
         if self.legacy:
             apart = np.maximum(self.margin - self._dist_sq, 0)
         else:
             apart = np.maximum(self.margin - np.sqrt(self._dist_sq), 0) ** 2
         loss = np.where(similar, self._dist_sq, apart).sum(dtype=np.float64)
-        top[0].data[...] = loss / a.num / 2
+        top[0].data[...] = loss / _per_item(a) / 2
+
+    def _similar(self, sim):
+        """Caffe's static_cast<int>(sim) != 0, decided in float (|sim| >= 1)
+        so that it is the same on every platform; a NaN label is an error
+        (the device code makes that pair's loss NaN)."""
+        sim = sim.data.reshape(-1)
+        bad = np.isnan(sim)
+        if bad.any():
+            raise self.error(f"similarity label nan at pair {int(np.flatnonzero(bad)[0])}")
+        return np.abs(sim) >= 1
 
     def _pair_scales(self, sim):
         """Per pair, the factor of (a - b) in d loss / d a, before alpha."""
-        similar = sim.data.reshape(-1).astype(np.int64) != 0
+        similar = self._similar(sim)
         if self.legacy:
             apart = np.where(self.margin - self._dist_sq > 0, DTYPE(-1), DTYPE(0))
         else:
@@ -461,7 +478,7 @@ class ContrastiveLossLayer(LossLayer):
                 continue
             if scales is None:
                 scales = self._pair_scales(bottom[2])
-            alpha = DTYPE(sign * self.loss_weight(top) / bottom[0].num)
+            alpha = DTYPE(sign * self.loss_weight(top) / _per_item(bottom[0]))
             np.multiply(self._diff, (alpha * scales)[:, None],
                         out=bottom[i].diff.reshape(self._diff.shape))
         _zero_constant_inputs(bottom, propagate_down, [2], on_device=False)
@@ -483,7 +500,7 @@ class ContrastiveLossLayer(LossLayer):
                 gpu.kernel("contrastive_loss_backward")(
                     n, n, a.channels, a.gpu_data, b.gpu_data, sim.gpu_data,
                     self._dev.floats("dist_sq", a.num), self.margin, int(self.legacy),
-                    top[0].gpu_diff, sign / a.num, bottom[i].mutable_gpu_diff)
+                    top[0].gpu_diff, sign / _per_item(a), bottom[i].mutable_gpu_diff)
         _zero_constant_inputs(bottom, propagate_down, [2], on_device=True)
 
 
@@ -533,7 +550,7 @@ class SmoothL1LossLayer(LossLayer):
         errors = np.where(quadratic, DTYPE(0.5 * self.sigma2) * d * d,
                           abs_d - DTYPE(0.5 / self.sigma2))
         errors *= outside
-        top[0].data[...] = errors.sum(dtype=np.float64) / bottom[0].num
+        top[0].data[...] = errors.sum(dtype=np.float64) / _per_item(bottom[0])
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0] or propagate_down[1]:
@@ -544,7 +561,7 @@ class SmoothL1LossLayer(LossLayer):
             slope *= outside
             for i, sign in ((0, 1.0), (1, -1.0)):
                 if propagate_down[i]:
-                    np.multiply(slope, DTYPE(sign * self.loss_weight(top) / bottom[i].num),
+                    np.multiply(slope, DTYPE(sign * self.loss_weight(top) / _per_item(bottom[i])),
                                 out=bottom[i].diff.reshape(d.shape))
         _zero_constant_inputs(bottom, propagate_down, [2, 3], on_device=False)
 
@@ -567,5 +584,5 @@ class SmoothL1LossLayer(LossLayer):
             if propagate_down[i]:
                 gpu.kernel("smooth_l1_loss_backward")(
                     n, n, self._dev.floats("diff", n), *self._device_weights(bottom), self.sigma2,
-                    top[0].gpu_diff, sign / bottom[i].num, bottom[i].mutable_gpu_diff)
+                    top[0].gpu_diff, sign / _per_item(bottom[i]), bottom[i].mutable_gpu_diff)
         _zero_constant_inputs(bottom, propagate_down, [2, 3], on_device=True)

@@ -187,8 +187,7 @@ class LRNLayer(Layer):
             gpu.kernel("lrn_within_fill_scale")(count, count, x, height, width, self.size,
                                                 self.a, self.k, scale)
         else:
-            columns = num * height * width
-            gpu.kernel("lrn_across_fill_scale")(columns, columns, x, channels, height * width,
+            gpu.kernel("lrn_across_fill_scale")(count, count, x, channels, height * width,
                                                 self.size, self.a, self.k, scale)
         gpu.kernel("lrn_compute_output")(count, count, x, scale, -self.beta,
                                          top[0].mutable_gpu_data)
@@ -201,14 +200,13 @@ class LRNLayer(Layer):
         x, y, dy = bottom[0].gpu_data, top[0].gpu_data, top[0].gpu_diff
         scale = self._dev.floats("scale", count)
         cache_ratio = 2.0 * self.a * self.beta
+        ratio = self._dev.floats("ratio", count)
+        gpu.kernel("lrn_ratio")(count, count, dy, y, scale, ratio)
         if self.within:
-            ratio = self._dev.floats("ratio", count)
-            gpu.kernel("lrn_within_ratio")(count, count, dy, y, scale, ratio)
             gpu.kernel("lrn_within_compute_diff")(count, count, x, scale, dy, ratio, height, width,
                                                   self.size, -self.beta, cache_ratio,
                                                   bottom[0].mutable_gpu_diff)
         else:
-            columns = num * height * width
-            gpu.kernel("lrn_across_compute_diff")(columns, columns, x, y, scale, dy, channels,
+            gpu.kernel("lrn_across_compute_diff")(count, count, x, scale, dy, ratio, channels,
                                                   height * width, self.size, -self.beta,
                                                   cache_ratio, bottom[0].mutable_gpu_diff)

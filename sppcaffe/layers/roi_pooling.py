@@ -119,11 +119,18 @@ class ROIPoolingLayer(Layer):
         top[0].reshape(self.num_rois, self.channels, self.pooled_h, self.pooled_w)
 
     def _check_batch(self, bottom):
-        batch = bottom[1].cpu_data.reshape(-1, 5)[:, 0].astype(np.int64)
-        bad = (batch < 0) | (batch >= bottom[0].num)
+        # Decided in float: the int cast of NaN or a huge value is undefined
+        # and differs between platforms (kernels/roi_pooling.cu).
+        rois = bottom[1].cpu_data.reshape(-1, 5)
+        bad = ~np.isfinite(rois).all(axis=1)
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
-            raise self.error(f"roi {r} has batch index {int(batch[r])}, outside the batch of "
+            raise self.error(f"roi {r} is not finite: {rois[r].tolist()}")
+        batch = rois[:, 0]
+        bad = ~((batch > -1) & (batch < bottom[0].num))      # truncated to [0, num)
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise self.error(f"roi {r} has batch index {batch[r]:g}, outside the batch of "
                              f"{bottom[0].num} image(s)")
 
     def forward(self, bottom, top):

@@ -18,7 +18,7 @@ All methods run through the per-axis bin kernels of sppcaffe.layers.pooling
 (one code path; the bins decide the method); on the GPU the same bins,
 packed into tables (sppcaffe.layers.window_pool_device), drive one kernel.
 """
-import warnings
+import logging
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from .pooling import (MapPoolingLayer, ave_pool_bins, ave_pool_bins_backward, ma
                       max_pool_bins)
 
 _S = caffe_pb2.SPPParameter
+_log = logging.getLogger(__name__)
 _METHODS = {caffe_pb2.CAFFE: geometry.CAFFE, caffe_pb2.PAPER: geometry.PAPER,
             caffe_pb2.ADAPTIVE: geometry.ADAPTIVE}
 
@@ -96,9 +97,10 @@ class SPPLayer(MapPoolingLayer):
         partial = [count for count in self.levels
                    if not (geometry.paper_covers(h, count) and geometry.paper_covers(w, count))]
         if partial:
-            warnings.warn(f"layer '{self.name}' (SPP, method PAPER): on a {h}x{w} input the "
-                          f"bins of level(s) with {partial} bins per side leave the last "
-                          f"rows/columns unpooled (size mod bins is not 0 or 1)")
+            # Logged, not warnings.warn: a log line, once per layer, in the tools' log format.
+            _log.warning("layer '%s' (SPP, method PAPER): on a %dx%d input the bins of "
+                         "level(s) with %s bins per side leave the last rows/columns unpooled "
+                         "(size mod bins is not 0 or 1)", self.name, h, w, partial)
             self._warned = True
 
     def forward(self, bottom, top):

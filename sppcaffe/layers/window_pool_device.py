@@ -14,6 +14,12 @@ column), levels concatenated, C * sum(nh * nw) values.
 Detection calls ``pool_windows`` (feature map and output as Blobs, the
 windows as host cells); layers use ``bin_tables``/``window_tables``,
 ``DeviceBins`` and the launch functions.
+
+Backward is a gather, one thread per bottom cell, never a scatter: with one
+table for all images (SPP) a cell finds its bins arithmetically; with
+per-window tables it walks the windows that contain it, listed per cell on
+the host (``cell_windows``), so the additions come in a fixed order and
+every run gives the same bits.
 """
 from typing import NamedTuple, Optional
 
@@ -74,6 +80,58 @@ def window_tables(windows, levels, map_hw, channels, images=None):
     return bin_tables(level_bins, channels, images)
 
 
+def box_extents(tables):
+    """(R, 4) inclusive cells [x1 y1 x2 y2] holding every bin of each box of
+    per-box tables: the first start and last end over all their levels."""
+    if not tables.bins_per_box:
+        raise ValueError("box_extents needs per-box tables (window pooling)")
+    bins = tables.bins
+    first = [[], []]
+    last = [[], []]
+    for _, nh, nw, offset in tables.levels:
+        for axis, (start, n) in enumerate(((offset, nh), (offset + 3 * nh, nw))):
+            first[axis].append(bins[:, start:start + n].min(axis=1))
+            last[axis].append(bins[:, start + n:start + 2 * n].max(axis=1) - 1)
+    (y1, x1), (y2, x2) = [[np.min(f, axis=0) for f in first], [np.max(e, axis=0) for e in last]]
+    return np.stack([x1, y1, x2, y2], axis=1)
+
+
+def cell_windows(windows, images, num_images, map_hw):
+    """Per map cell, the windows containing it, in ascending order: int32
+    (begins, windows) in compressed rows, cell i = (image * H + h) * W + w
+    holding windows[begins[i]:begins[i + 1]].  windows: (R, 4) inclusive
+    cells [x1 y1 x2 y2]; images: (R,) the image each one reads."""
+    h, w = map_hw
+    x1, y1, x2, y2 = np.asarray(windows, np.int64).reshape(-1, 4).T
+    widths = x2 - x1 + 1
+    areas = (y2 - y1 + 1) * widths
+    pairs = int(areas.sum())
+    if pairs > _INT32_MAX:
+        raise ValueError(f"{pairs} (cell, window) pairs exceed the kernels' int32 indexing; "
+                         f"pool fewer windows at a time")
+    # Every (window, cell) pair, window by window, then ordered by cell: a
+    # stable order keeps each cell's windows ascending.
+    which = np.repeat(np.arange(len(areas)), areas)
+    k = np.arange(pairs) - np.repeat(np.cumsum(areas) - areas, areas)     # cell within window
+    width = widths[which]
+    cell = ((np.asarray(images, np.int64).reshape(-1)[which] * h + y1[which] + k // width) * w
+            + x1[which] + k % width)
+    cells = num_images * h * w
+    begins = np.zeros(cells + 1, np.int64)
+    np.cumsum(np.bincount(cell, minlength=cells), out=begins[1:])
+    return begins.astype(np.int32), which[_stable_order(cell, cells)].astype(np.int32)
+
+
+def _stable_order(keys, bound):
+    """np.argsort(keys, kind="stable") for keys in [0, bound), sorted in the
+    narrowest unsigned type: up to 16 bits NumPy's stable sort is a linear
+    radix sort (3x faster here than the merge sort of int64 keys)."""
+    for dtype in (np.uint8, np.uint16):
+        if bound <= np.iinfo(dtype).max + 1:
+            return np.argsort(keys.astype(dtype), kind="stable")
+    return np.argsort(keys, kind="stable")
+
+
 class DeviceBins:
     """BinTables on the current device, uploaded only when they are not the
     ones uploaded last (SPP's tables change only with the input size)."""
@@ -81,8 +139,10 @@ class DeviceBins:
     def __init__(self):
         self._buffers = Workspace()
         self._loaded = (None, None)      # (tables, device) now on the device
+        self._lists_for = None           # (tables, device, map shape) of the cell lists
         self.tables = None
         self.levels = self.bins = self.box_image = 0
+        self.cell_begins = self.cell_windows = 0
 
     def load(self, tables):
         device = current_device()
@@ -93,6 +153,20 @@ class DeviceBins:
                               else self._upload("box_image", tables.box_image))
             self._loaded = (tables, device)
         self.tables = tables
+        return self
+
+    def load_cell_windows(self, num_images, map_hw):
+        """Upload ``cell_windows`` of the loaded per-box tables (once per
+        tables); sets the pointers cell_begins and cell_windows."""
+        device, shape = current_device(), (num_images, tuple(map_hw))
+        held = self._lists_for
+        if held is None or held[0] is not self.tables or held[1] is not device or held[2] != shape:
+            t = self.tables
+            images = t.box_image if t.box_image is not None else np.arange(len(t.bins))
+            begins, windows = cell_windows(box_extents(t), images, num_images, map_hw)
+            self.cell_begins = self._upload("cell_begins", begins)
+            self.cell_windows = self._upload("cell_windows", windows)
+            self._lists_for = (t, device, shape)
         return self
 
     def _upload(self, name, array):
@@ -148,17 +222,24 @@ def pool_backward_shared(device_bins, pool, dy, argmax, x_shape, dx):
         kernel("pool_bins_ave_backward")(count, count, dy, *tail)
 
 
-def pool_backward_windows(device_bins, pool, dy, argmax, map_chw, boxes, dx):
-    """Gradient of pool_forward with per-window tables, ADDED into dx (the
-    caller zeroes it): windows overlap arbitrarily, so each output adds
-    atomically to the cells it read."""
-    c, h, w = map_chw
-    count = _output_count(boxes, device_bins.tables.row_length)
-    args = (c, h, w, *device_bins.common_args(), device_bins.tables.row_length, dx)
+def pool_backward_windows(device_bins, pool, dy, argmax, x_shape, dx):
+    """Gradient of pool_forward with per-window tables: a deterministic
+    gather that overwrites dx (N, C, H, W), each cell summing, in window
+    order, what the windows containing it send (see cell_windows)."""
+    tables = device_bins.tables
+    if not tables.bins_per_box:
+        raise ValueError("pool_backward_windows needs per-window tables; use "
+                         "pool_backward_shared for one table shared by all images")
+    n, c, h, w = x_shape
+    count = n * c * h * w
+    lists = device_bins.load_cell_windows(n, (h, w))
+    num_levels, levels, bins, per_box, _ = device_bins.common_args()
+    tail = (c, h, w, num_levels, levels, bins, per_box, lists.cell_begins, lists.cell_windows,
+            tables.row_length, dx)
     if pool == MAX:
-        kernel("pool_bins_max_backward_atomic")(count, count, dy, argmax, *args)
+        kernel("pool_bins_max_backward_windows")(count, count, dy, argmax, *tail)
     else:
-        kernel("pool_bins_ave_backward_atomic")(count, count, dy, *args)
+        kernel("pool_bins_ave_backward_windows")(count, count, dy, *tail)
 
 
 _scratch = DeviceBins()

@@ -18,8 +18,9 @@ On the GPU the windows are mapped on the host as above (bottom[1] is a small
 table read from the host), every window is pooled by one kernel launch over
 the whole batch (no deduplication: a duplicate costs a little work, not a
 host round trip), MAX keeps its argmax from forward for backward, and
-backward adds each window's gradient atomically (sppcaffe.backends.gpu.
-window_pool).
+backward is a gather: each map cell sums, in window order, what the windows
+containing it send (listed per cell on the host), so GPU training is
+reproducible bit for bit (sppcaffe.layers.window_pool_device).
 
 ``spp_param``: ``levels`` (bins per side, e.g. 6 3 2 1, or pyramid_height),
 ``pool`` (MAX or AVE), ``method`` must be ADAPTIVE.  The stride and the
@@ -155,9 +156,6 @@ class WindowSPPLayer(Layer):
         if self._device_pass is None:
             # No device forward since the host one: pool again for the tables and argmax.
             self._device_pass = self._pool_gpu(bottom, self._dev.floats("pooled", top[0].count))
-        rows, argmax = self._device_pass
-        _, c, h, w = bottom[0].shape
-        dx = bottom[0].mutable_gpu_diff
-        gpu.blas().memset0(dx, 4 * bottom[0].count)
+        _, argmax = self._device_pass
         device_pool.pool_backward_windows(self._device_bins, self.pool, top[0].gpu_diff, argmax,
-                                          (c, h, w), rows, dx)
+                                          bottom[0].shape, bottom[0].mutable_gpu_diff)

@@ -14,6 +14,7 @@ inputs; they hold what the layer would hand to the net (transformed data).
 import json
 import os
 import warnings
+from importlib import metadata
 
 import onnx
 from onnx import TensorProto, helper
@@ -56,7 +57,7 @@ def export(net, path=None, *, inputs=None, outputs=None, opset=DEFAULT_OPSET,
         net.blobs[name].reshape(tuple(int(d) for d in shape))
     if inputs:
         net.reshape()
-    wanted = list(net.outputs if outputs is None else outputs)
+    wanted = list(dict.fromkeys(net.outputs if outputs is None else outputs))
     unknown = [name for name in wanted if name not in net.blobs]
     if unknown:
         raise ExportError(f"net '{net.name}' has no blob(s) {', '.join(map(repr, unknown))} "
@@ -189,7 +190,11 @@ class _Exporter:
             info = self._shape_info(name)
             info.name = value
             outputs.append(info)
-        graph = self.g.to_proto(self.net.name or "net", self.graph_inputs, outputs)
+        # A data layer's top that nothing reads (a label, when only the scores
+        # are exported) is not an input: the runtime would demand it.
+        read = _read_names(self.g.nodes) | {o.name for o in outputs}
+        inputs = [info for info in self.graph_inputs if info.name in read]
+        graph = self.g.to_proto(self.net.name or "net", inputs, outputs)
         model = helper.make_model_gen_version(
             graph, opset_imports=[helper.make_opsetid("", self.g.opset)],
             producer_name="sppcaffe", producer_version=_version(),
@@ -216,9 +221,19 @@ class _Exporter:
         return model
 
 
+def _read_names(nodes):
+    """Every value name the nodes (and their subgraphs) read."""
+    names = set()
+    for node in nodes:
+        names.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                names |= _read_names(attr.g.node)
+    return names
+
+
 def _version():
     try:
-        from importlib.metadata import version
-        return version("sppcaffe")
-    except Exception:       # running from a checkout that is not installed
+        return metadata.version("sppcaffe")
+    except metadata.PackageNotFoundError:       # a checkout that is not installed
         return "unknown"

@@ -53,8 +53,12 @@ def compare(net, model, feeds=None, seed=0):
     net's forward on the same `feeds` (default: random_feeds)."""
     feeds = random_feeds(net, model, seed) if feeds is None else feeds
     blobs = output_blobs(model)
+    # The net takes all its inputs, also those the graph does not read.
+    given = dict(feeds)
+    for name in net.inputs:
+        given.setdefault(name, np.array(net.blobs[name].data))
     reference = {name: np.array(value) for name, value in
-                 net.forward(blobs=list(blobs.values()), **feeds).items()}
+                 net.forward(blobs=list(blobs.values()), **given).items()}
     ours = run_onnx(model, feeds)
     return {blob: relative_error(ours[name], reference[blob]) for name, blob in blobs.items()}
 

@@ -7,21 +7,22 @@
 
 Modules: solver.py (the training loop, tests, snapshots), updates.py (the
 six update rules), lr_policy.py, state.py and hdf5.py (snapshot files),
-signals.py (SIGINT/SIGHUP).
+resume_state.py (the .rng sidecar: generators and data positions for an
+exact resume), signals.py (SIGINT/SIGHUP).
 """
 import os
 
 from .. import io
 from ..proto import caffe_pb2
 from .lr_policy import LRPolicyError, learning_rate
-from .solver import Solver, SolverError
+from .solver import Solver, SolverError, TrainingDiverged
 from .state import SolverStateError
 from .updates import (SOLVER_TYPES, AdaDeltaSolver, AdaGradSolver, AdamSolver,
                       NesterovSolver, RMSPropSolver, SGDSolver)
 
 __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "LRPolicyError", "NesterovSolver",
            "RMSPropSolver", "SGDSolver", "SOLVER_TYPES", "Solver", "SolverError",
-           "SolverStateError", "get_solver", "learning_rate"]
+           "SolverStateError", "TrainingDiverged", "get_solver", "learning_rate"]
 
 
 def get_solver(solver, **kwargs):

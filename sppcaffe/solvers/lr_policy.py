@@ -30,43 +30,48 @@ def _require(condition, policy, what, source):
         raise LRPolicyError(f"{source}: lr_policy '{policy}' needs {what}")
 
 
+def check_policy(param, source="<SolverParameter>"):
+    """LRPolicyError unless SolverParameter `param` names a known policy
+    with the fields it needs (run when a solver is built, and per rate)."""
+    policy, gamma = param.lr_policy, param.gamma
+    if policy not in POLICIES:
+        raise LRPolicyError(f"{source}: unknown learning rate policy '{policy}' "
+                            f"(known: {', '.join(POLICIES)})")
+    if policy in ("step", "sigmoid"):
+        _require(param.stepsize > 0, policy, "stepsize > 0", source)
+    if policy in ("step", "exp", "inv", "multistep", "sigmoid"):
+        _require(gamma >= 0, policy, "gamma >= 0", source)
+    if policy == "poly":
+        _require(param.max_iter > 0, policy, "max_iter > 0", source)
+
+
 def learning_rate(param, iteration, current_step=0, source="<SolverParameter>"):
     """The rate at `iteration` for SolverParameter `param`, and the new
     `current_step` (Caffe's current_step_: the step policies update it and
     it is saved in snapshots)."""
+    check_policy(param, source)
     policy = param.lr_policy
     base_lr = param.base_lr
     gamma = param.gamma
     if policy == "fixed":
         rate = base_lr
     elif policy == "step":
-        _require(param.stepsize > 0, policy, "stepsize > 0", source)
-        _require(gamma >= 0, policy, "gamma >= 0", source)
         current_step = iteration // param.stepsize
         rate = base_lr * math.pow(gamma, current_step)
     elif policy == "exp":
-        _require(gamma >= 0, policy, "gamma >= 0", source)
         rate = base_lr * math.pow(gamma, iteration)
     elif policy == "inv":
-        _require(gamma >= 0, policy, "gamma >= 0", source)
         base = np.float32(1) + np.float32(gamma) * np.float32(iteration)
         rate = base_lr * math.pow(float(base), -param.power)
     elif policy == "multistep":
         if current_step < len(param.stepvalue) and iteration >= param.stepvalue[current_step]:
             current_step += 1
             log.info("MultiStep Status: Iteration %d, step = %d", iteration, current_step)
-        _require(gamma >= 0, policy, "gamma >= 0", source)
         rate = base_lr * math.pow(gamma, current_step)
     elif policy == "poly":
         remaining = np.float32(1) - np.float32(iteration) / np.float32(param.max_iter)
         with np.errstate(invalid="ignore"):      # past max_iter: NaN, as Caffe's pow
             rate = base_lr * np.power(np.float64(remaining), param.power)
-    elif policy == "sigmoid":
-        _require(gamma >= 0, policy, "gamma >= 0", source)
-        _require(param.stepsize > 0, policy, "stepsize > 0", source)
+    else:       # sigmoid
         rate = base_lr / (1.0 + math.exp(-gamma * (iteration - param.stepsize)))
-    else:
-        known = ", ".join(POLICIES)
-        raise LRPolicyError(f"{source}: unknown learning rate policy '{policy}' "
-                            f"(known: {known})")
     return np.float32(rate), current_step

@@ -23,15 +23,19 @@ order of Caffe's log lines; and through pycaffe's
 """
 import logging
 import os
+import re
 import time
 
 import numpy as np
 
 from .. import io
-from ..net import TEST, TRAIN, Net
+from ..layer import LayerError
+from ..net import TEST, TRAIN, Net, quoted_names
 from ..proto import caffe_pb2
 from ..random import set_random_seed
-from . import signals, state
+from ..io.atomic import remove_stale_temps, write_problem
+from . import resume_state, signals, state
+from .lr_policy import check_policy
 
 log = logging.getLogger("sppcaffe")
 
@@ -40,6 +44,10 @@ _TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
 class SolverError(ValueError):
     """A solver definition Caffe would refuse; the message names the file."""
+
+
+class TrainingDiverged(SolverError):
+    """The training loss became NaN or infinite (see Solver's allow_nan)."""
 
 
 def _g(value):
@@ -79,13 +87,22 @@ class Solver:
     `apply_update` (the update rule).
 
     ``Solver(solver_prototxt_or_SolverParameter, data_shapes=None,
-    sigint_effect="stop", sighup_effect="snapshot")``; `data_shapes` goes to
-    every Net (shapes of data layers fed from Python); the effects say what
-    SIGINT and SIGHUP do during `solve()`: "stop", "snapshot" or "none".
+    sigint_effect="stop", sighup_effect="snapshot", allow_nan=False,
+    allow_unmatched_weights=False)``; `data_shapes` goes to every Net
+    (shapes of data layers fed from Python); the effects say what SIGINT and
+    SIGHUP do during `solve()`: "stop", "snapshot" or "none".
+
+    A training loss that is NaN or infinite stops training with a
+    TrainingDiverged error and a snapshot of the weights before that
+    iteration's update; `allow_nan=True` (or setting ``solver.allow_nan``)
+    trains on, as Caffe does.  `allow_unmatched_weights=True` accepts
+    solver `weights` files that fill none of the net's layers (see
+    Net.copy_from).
     """
 
     def __init__(self, solver, data_shapes=None, sigint_effect=signals.STOP,
-                 sighup_effect=signals.SNAPSHOT, source=None):
+                 sighup_effect=signals.SNAPSHOT, source=None, allow_nan=False,
+                 allow_unmatched_weights=False):
         # `source`: the file a SolverParameter came from (e.g. after --set
         # overrides), for messages and for finding nets beside it.
         if isinstance(solver, caffe_pb2.SolverParameter):
@@ -103,6 +120,8 @@ class Solver:
         self.sigint_effect = signals.check_action("sigint_effect", sigint_effect)
         self.sighup_effect = signals.check_action("sighup_effect", sighup_effect)
         self.data_shapes = data_shapes
+        self.allow_nan = allow_nan
+        self.allow_unmatched_weights = allow_unmatched_weights
         log.info("Initializing solver from parameters: \n%s", io.to_text(self.param))
         self._check_param()
         if self.param.random_seed >= 0:
@@ -132,6 +151,8 @@ class Solver:
     # ------------------------------------------------------------------
     # Hooks of the update rules
     # ------------------------------------------------------------------
+    uses_delta = False          # whether the rule divides by a term with `delta`
+
     def _sanity_check(self):
         """Solver-type specific checks of the parameters (Caffe's
         constructor_sanity_check)."""
@@ -156,8 +177,28 @@ class Solver:
     def _error(self, message):
         return SolverError(f"{self.source}: {message}")
 
+    def _require(self, condition, field, rule):
+        """A SolverError naming `field`, its value and the `rule` it breaks
+        unless `condition` (written to be False for NaN too)."""
+        if not condition:
+            raise self._error(f"{field} must be {rule}, got {_g(getattr(self.param, field))}")
+
     def _check_param(self):
         p = self.param
+        # Values outside the domain of Caffe's formulas train on silently
+        # (a negative rate climbs the loss, momentum >= 1 diverges): refuse them.
+        self._require(p.base_lr >= 0, "base_lr", ">= 0")
+        self._require(p.weight_decay >= 0, "weight_decay", ">= 0")
+        self._require(0 <= p.momentum < 1, "momentum", "in [0, 1)")
+        if self.uses_delta:
+            self._require(p.delta > 0, "delta", f"> 0 for {self.type}")
+        for field in ("display", "snapshot", "test_interval"):
+            self._require(getattr(p, field) >= 0, field, ">= 0")
+        if any(n < 0 for n in p.test_iter):
+            raise self._error(f"test_iter must be >= 0, got {list(p.test_iter)}")
+        if p.regularization_type not in ("L1", "L2"):
+            raise self._error(f"unknown regularization_type '{p.regularization_type}' "
+                              "(known: L1, L2)")
         if p.average_loss < 1:
             raise self._error(f"average_loss must be >= 1, got {p.average_loss}")
         if p.iter_size < 1:
@@ -168,11 +209,15 @@ class Solver:
             # Caffe's CheckSnapshotWritePermissions: fail now, not after hours of training.
             if not p.HasField("snapshot_prefix"):
                 raise self._error("snapshot is specified but snapshot_prefix is not")
-            folder = os.path.dirname(p.snapshot_prefix) or "."
-            if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-                raise self._error(f"cannot write to snapshot prefix '{p.snapshot_prefix}'. "
-                                  "Make sure that the directory exists and is writeable.")
+            self._check_snapshot_prefix()
         self._sanity_check()
+
+    def _check_snapshot_prefix(self):
+        problem = write_problem(f"{self.param.snapshot_prefix}_iter_0.caffemodel")
+        if problem:
+            raise self._error(f"cannot write to snapshot prefix '{self.param.snapshot_prefix}' "
+                              f"({problem}). Make sure that the directory exists and is "
+                              "writeable.")
 
     def _resolve(self, path):
         """A path from the solver: as given (Caffe: relative to the working
@@ -185,6 +230,9 @@ class Solver:
 
     def _read_net_file(self, field, path):
         resolved = self._resolve(path)
+        if os.path.isdir(resolved):
+            raise IsADirectoryError(f"{self.source}: {field} file '{path}' is a directory, "
+                                    "not a file")
         if not os.path.isfile(resolved):
             where = "the working directory" + (
                 f" or the solver's folder {self._solver_dir}" if self._solver_dir else "")
@@ -201,13 +249,17 @@ class Solver:
         except Exception as err:
             err.add_note(f"while creating the {what} of solver {self.source}")
             raise
+        if not net.layers:
+            # An empty or all-excluded prototxt: nothing would be trained or tested.
+            raise self._error(f"the {what} ({path or 'net_param'}) has no layers in phase "
+                              f"{caffe_pb2.Phase.Name(merged.state.phase)}")
         if path is not None:
             net.source = path
         for models in self.param.weights:
             for model in models.split(","):
                 model = self._resolve(model.strip())
                 log.info("Finetuning from %s", model)
-                net.copy_from(model)
+                net.copy_from(model, allow_unmatched=self.allow_unmatched_weights)
         return net
 
     def _init_train_net(self):
@@ -369,6 +421,8 @@ class Solver:
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 self._display_train()
+            if not (self.allow_nan or np.isfinite(loss)):
+                self._stop_diverged(loss)
             for _, on_gradients_ready in self._callbacks:
                 on_gradients_ready()
             self.apply_update()
@@ -386,6 +440,7 @@ class Solver:
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
         self._requested_early_exit = False
+        self._prepare_run()
         with signals.SignalHandler(self.sigint_effect, self.sighup_effect) as handler:
             self._signals = handler
             try:
@@ -410,6 +465,42 @@ class Solver:
                 log.info("Optimization Done.")
             finally:
                 self._signals = None
+
+    def _prepare_run(self):
+        """Before training to max_iter: what would fail only at the end of
+        the run fails now, and what killed writes of an earlier run with
+        the same snapshot_prefix left behind is removed."""
+        p = self.param
+        self._require(p.max_iter > 0, "max_iter", "> 0 to train")
+        check_policy(p, self.source)        # else only the first update would say
+        if not (p.snapshot or p.snapshot_after_train):
+            return
+        # The final snapshot (snapshot_after_train) needs the prefix as much as `snapshot`.
+        self._check_snapshot_prefix()
+        folder, name = os.path.split(os.path.abspath(p.snapshot_prefix + "_"))
+        remove_stale_temps(folder, re.escape(name) + ".*")
+
+    def _stop_diverged(self, loss):
+        """A NaN or infinite training loss: snapshot the weights it came
+        from (not updated with its gradients yet), and stop."""
+        p = self.param
+        bad = [f"{name} = {_g(value)}" for name, value in output_values(self.net)
+               if not np.isfinite(value)]
+        if not p.HasField("snapshot_prefix"):
+            saved = "no snapshot written (the solver has no snapshot_prefix)"
+        elif not all(np.isfinite(blob.cpu_data).all() for blob in self.net.learnable_params):
+            saved = "no snapshot written: the weights themselves are no longer finite"
+        else:
+            try:
+                model, state_path = self.snapshot()
+                saved = f"the weights before this update are in {model} (solver state {state_path})"
+            except OSError as err:
+                saved = f"writing a snapshot of the weights failed: {err}"
+        raise TrainingDiverged(
+            f"{self.source}: iteration {self.iter}: the training loss is {_g(loss)}"
+            f"{' (' + ', '.join(bad) + ')' if bad else ''}; training stopped before updating "
+            f"the weights with it, {saved}. A lower base_lr or clip_gradients may help; "
+            "allow_nan=True (train_net --allow-nan) trains on, as Caffe does")
 
     # ------------------------------------------------------------------
     # Testing
@@ -500,24 +591,42 @@ class Solver:
         # Read only: in GPU mode the history stays current on the device.
         history = [blob.cpu_data for blob in self.history_blobs]
         state.write_state(state_path, self.iter, model, self.current_step, history)
-        state.write_rng_state(state_path)
+        state.write_rng_state(state_path, resume_state.capture(self))
         self._notify("on_snapshot", model, state_path)
         return model, state_path
 
     def restore(self, state_file):
         """Resume from a .solverstate (binary, or HDF5 for .h5): the weights
         file it names, the iteration, the multistep position, the history
-        and, when its sidecar exists, the random generator."""
+        and, from its .rng sidecar (resume_state.py), the random generator
+        and the data layers' positions (a warning says what differs when
+        the sidecar is missing)."""
         state_file = os.fspath(state_file)
         snap = state.read_state(state_file, [h.shape for h in self.history_blobs])
         if snap.learned_net is not None:
-            self.net.copy_from(state.find_learned_net(snap.learned_net, state_file))
+            self._restore_weights(state.find_learned_net(snap.learned_net, state_file),
+                                  state_file)
         self.iter = snap.iter
         self.current_step = snap.current_step
         log.info("%s: restoring history", type(self).__name__)
         for blob, saved in zip(self.history_blobs, snap.history):
             blob.data[...] = saved
-        state.restore_rng_state(state_file)
+        resume_state.restore(self, state_file)
+
+    def _restore_weights(self, weights, state_file):
+        """Copy a state's learned_net, which must be a snapshot of this very
+        net: a file that leaves any parameter layer unfilled (another net's
+        weights) is an error, not a resume from half-random weights."""
+        fits = f"{state_file}: its learned_net '{weights}' does not fit net '{self.net.name}'"
+        try:
+            copied = self.net.copy_from(weights, allow_unmatched=True)
+        except LayerError as err:
+            raise state.SolverStateError(f"{fits}: {err}") from None
+        if copied.unfilled:
+            raise state.SolverStateError(
+                f"{fits}: it holds no weights for its layer(s) {quoted_names(copied.unfilled)} "
+                "(a snapshot of another net? To start a changed net from these weights, "
+                "fine-tune with --weights instead of resuming)")
 
     def __repr__(self):
         return (f"<{type(self).__name__} '{self.source}' iter={self.iter} "

@@ -5,23 +5,21 @@ A state holds the iteration, `learned_net` (the weights file written with
 it), the multistep position `current_step` and the history blobs in the
 solver's layout (SGD: one per learnable param; AdaDelta and Adam: two).
 
-Caffe's SolverState has no field for the random generator, so the state of
-sppcaffe's one generator (Dropout masks, random fillers) goes into a sidecar
-file ``<state>.rng`` (JSON) beside the state.  Caffe ignores it; restoring
-uses it when present, which makes a resumed run bit-for-bit equal to an
-uninterrupted one.
+Caffe's SolverState has no field for the random generators and the data
+layers' positions, so they go into a sidecar file ``<state>.rng`` (JSON)
+beside the state; resume_state.py says what it holds.  Caffe ignores it;
+restoring uses it when present, which makes a resumed run bit-for-bit
+equal to an uninterrupted one.
 """
 import collections
 import json
 import os
 
-import h5py
-
 from .. import io
 from ..io.atomic import atomic_write
 from ..io.caffemodel import blob_matches, blob_shape
+from ..io.files import read_json_file
 from ..proto import caffe_pb2
-from ..random import get_rng
 from ..io import hdf5
 
 SolverSnapshot = collections.namedtuple("SolverSnapshot",
@@ -57,9 +55,11 @@ def write_state(path, iteration, learned_net, current_step, history):
     io.write_binary(state, path)
 
 
-def write_rng_state(state_path):
+def write_rng_state(state_path, content):
+    """Write the sidecar of `state_path`: `content`, JSON-ready (see
+    resume_state.py)."""
     with atomic_write(rng_path(state_path), "w") as f:
-        json.dump(get_rng().bit_generator.state, f)
+        json.dump(content, f)
 
 
 def rng_path(state_path):
@@ -85,7 +85,7 @@ def read_state(path, shapes):
     must have `shapes` (the solver's history layout)."""
     path = os.fspath(path)
     if is_hdf5(path):
-        with h5py.File(path, "r") as f:
+        with hdf5.open_for_reading(path, "solver state") as f:
             learned = hdf5.load_string(f, "learned_net") if "learned_net" in f else None
             if "history" not in f:
                 raise SolverStateError(f"{path}: no 'history' group")
@@ -98,13 +98,13 @@ def read_state(path, shapes):
                 history.append(hdf5.load_blob(group, str(i), shape, path))
             return SolverSnapshot(hdf5.load_int(f, "iter", path), learned,
                                   hdf5.load_int(f, "current_step", path), history)
-    state = io.read_binary(path, caffe_pb2.SolverState())
+    state = io.read_binary(path, caffe_pb2.SolverState(), allow_empty=False)
     _check_count(path, len(state.history), shapes)
     history = []
     for i, (blob, shape) in enumerate(zip(state.history, shapes)):
         if not blob_matches(blob, shape):
             raise _mismatch(path, i, blob_shape(blob), shape)
-        history.append(io.blob_to_array(blob, shape=shape))
+        history.append(io.blob_to_array(blob, shape=shape, where=f"{path}: history blob {i}"))
     learned = state.learned_net if state.HasField("learned_net") else None
     return SolverSnapshot(state.iter, learned, state.current_step, history)
 
@@ -125,17 +125,10 @@ def find_learned_net(learned_net, state_path):
                             f"'{learned_net}' (tried {tried})")
 
 
-def restore_rng_state(state_path):
-    """Put the generator back as it was when `state_path` was written;
-    False when there is no sidecar (e.g. a state written by Caffe)."""
+def read_rng_state(state_path):
+    """The content of `state_path`'s sidecar, or None when there is none
+    (e.g. a state written by Caffe)."""
     path = rng_path(state_path)
     if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    bit_generator = get_rng().bit_generator
-    if saved.get("bit_generator") != type(bit_generator).__name__:
-        raise SolverStateError(f"{path}: random state of a {saved.get('bit_generator')} "
-                               f"generator, this process uses {type(bit_generator).__name__}")
-    bit_generator.state = saved
-    return True
+        return None
+    return read_json_file(path, "resume state (.rng sidecar)", SolverStateError)

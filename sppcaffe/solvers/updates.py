@@ -195,6 +195,7 @@ class NesterovSolver(SGDSolver):
 class AdaGradSolver(SGDSolver):
     """history += g^2; step = local_rate * g / (sqrt(history) + delta)."""
     type = "AdaGrad"
+    uses_delta = True
 
     def _sanity_check(self):
         if self.param.momentum != 0:
@@ -220,6 +221,7 @@ class RMSPropSolver(SGDSolver):
     """history = rms_decay * history + (1 - rms_decay) * g^2;
     step = local_rate * g / (sqrt(history) + delta)."""
     type = "RMSProp"
+    uses_delta = True
 
     def _sanity_check(self):
         if self.param.momentum != 0:
@@ -252,6 +254,7 @@ class AdaDeltaSolver(SGDSolver):
     (history[i]) and of the squared steps (history[N + i]);
     step = local_rate * g * sqrt((E[dx^2] + delta) / (E[g^2] + delta))."""
     type = "AdaDelta"
+    uses_delta = True
     history_sets = 2
 
     def compute_update_value(self, i, rate):
@@ -289,7 +292,11 @@ class AdamSolver(SGDSolver):
     (sqrt(v) + delta) with correction = sqrt(1 - beta2^t) / (1 - beta1^t),
     t = iter + 1; beta1 is `momentum`, beta2 `momentum2`."""
     type = "Adam"
+    uses_delta = True
     history_sets = 2
+
+    def _sanity_check(self):
+        self._require(0 <= self.param.momentum2 < 1, "momentum2", "in [0, 1)")
 
     def compute_update_value(self, i, rate):
         n = len(self.net.learnable_params)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import GPUUnavailable
-from .device import THREADS_PER_BLOCK, Allocation, Device, launch_grid
+from .device import THREADS_PER_BLOCK, Allocation, Device, LaunchError, launch_grid
 from .sources import KERNEL_DIR
 
 THREADS = THREADS_PER_BLOCK     # launch shape: device.launch_grid (the host emulation shares it)
@@ -175,6 +175,15 @@ class CudaDevice(Device):
         return self.cublas.sasum(n, x)
 
 
+def _c_int(value):
+    """A cuBLAS int argument; ctypes would wrap one past 32 bits silently
+    (2^32 + 3 becomes 3), cuBLAS's 32-bit API cannot take it."""
+    if not -2 ** 31 <= value < 2 ** 31:
+        raise LaunchError(f"cuBLAS takes 32-bit sizes; got {value} (split the work, e.g. a "
+                          f"smaller batch)")
+    return ctypes.c_int(value)
+
+
 class Cublas:
     """The cuBLAS v2 routines the backend needs, bound with ctypes."""
     LIBRARIES = ("libcublas.so", "libcublas.so.13", "libcublas.so.12", "libcublas.so.11")
@@ -234,44 +243,44 @@ class Cublas:
         return ctypes.byref(ctypes.c_float(value))
 
     def sgemm(self, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        P, i = ctypes.c_void_p, ctypes.c_int
+        P, i = ctypes.c_void_p, _c_int
         self._check(self.lib.cublasSgemm_v2(
             self.handle, i(op_a), i(op_b), i(m), i(n), i(k), self._f(alpha), P(a), i(lda), P(b),
             i(ldb), self._f(beta), P(c), i(ldc)), "cublasSgemm")
 
     def sgemm_strided_batched(self, op_a, op_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b,
                               beta, c, ldc, stride_c, batch):
-        P, i, ll = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
+        P, i, ll = ctypes.c_void_p, _c_int, ctypes.c_longlong
         self._check(self.lib.cublasSgemmStridedBatched(
             self.handle, i(op_a), i(op_b), i(m), i(n), i(k), self._f(alpha), P(a), i(lda),
             ll(stride_a), P(b), i(ldb), ll(stride_b), self._f(beta), P(c), i(ldc), ll(stride_c),
             i(batch)), "cublasSgemmStridedBatched")
 
     def sgemv(self, op, m, n, alpha, a, lda, x, beta, y):
-        P, i = ctypes.c_void_p, ctypes.c_int
+        P, i = ctypes.c_void_p, _c_int
         self._check(self.lib.cublasSgemv_v2(self.handle, i(op), i(m), i(n), self._f(alpha), P(a),
                                             i(lda), P(x), i(1), self._f(beta), P(y), i(1)),
                     "cublasSgemv")
 
     def saxpy(self, n, alpha, x, y):
-        P, i = ctypes.c_void_p, ctypes.c_int
+        P, i = ctypes.c_void_p, _c_int
         self._check(self.lib.cublasSaxpy_v2(self.handle, i(n), self._f(alpha), P(x), i(1), P(y),
                                             i(1)), "cublasSaxpy")
 
     def sscal(self, n, alpha, x):
-        P, i = ctypes.c_void_p, ctypes.c_int
+        P, i = ctypes.c_void_p, _c_int
         self._check(self.lib.cublasSscal_v2(self.handle, i(n), self._f(alpha), P(x), i(1)),
                     "cublasSscal")
 
     def sdot(self, n, x, y):
-        P, i = ctypes.c_void_p, ctypes.c_int
+        P, i = ctypes.c_void_p, _c_int
         result = ctypes.c_float()
         self._check(self.lib.cublasSdot_v2(self.handle, i(n), P(x), i(1), P(y), i(1),
                                            ctypes.byref(result)), "cublasSdot")
         return float(result.value)
 
     def sasum(self, n, x):
-        P, i = ctypes.c_void_p, ctypes.c_int
+        P, i = ctypes.c_void_p, _c_int
         result = ctypes.c_float()
         self._check(self.lib.cublasSasum_v2(self.handle, i(n), P(x), i(1), ctypes.byref(result)),
                     "cublasSasum")

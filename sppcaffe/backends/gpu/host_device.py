@@ -64,12 +64,19 @@ def _matrix(ptr, rows, cols, trans):
 
 
 class HostDevice(Device):
-    """order: one of ORDERS; seed: the shuffles' (reproducible per device);
-    workers: OpenMP threads of the parallel order (more than the cores
-    interleave the simulated threads more)."""
+    """order: one of ORDERS, by default the environment's SPPCAFFE_HOST_ORDER
+    (so any GPU test or ``SPPCAFFE_GPU=host`` run can use another), else
+    "natural"; seed: the shuffles' (reproducible per device); workers:
+    OpenMP threads of the parallel order (more than the cores interleave the
+    simulated threads more)."""
 
-    def __init__(self, compiler="g++", order="natural", seed=0, workers=4):
+    def __init__(self, compiler="g++", order=None, seed=0, workers=4):
         super().__init__()
+        if order is None:
+            order = os.environ.get("SPPCAFFE_HOST_ORDER", "").strip().lower() or "natural"
+            if order not in ORDERS:
+                raise GPUUnavailable(f"SPPCAFFE_HOST_ORDER={order!r}: expected one of "
+                                     f"{', '.join(ORDERS)}")
         if order not in ORDERS:
             raise ValueError(f"HostDevice order {order!r}: expected one of {', '.join(ORDERS)}")
         self.compiler, self.order, self.seed, self.workers = compiler, order, int(seed), int(workers)

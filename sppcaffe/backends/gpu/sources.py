@@ -3,9 +3,14 @@
 Every kernel is ``extern "C" __global__ void name(...)`` written as a
 grid-stride loop (``CUDA_KERNEL_LOOP`` in common.cuh), with no
 ``__syncthreads``: then one source serves nvcc for the GPU and g++ for the
-CPU build that tests it, where a single thread runs every index.  The
-signature is read from the source so launches on either device marshal
-their arguments the same way.
+CPU build that tests it (host_shim.h).  The signature is read from the
+source so launches on either device marshal their arguments the same way.
+
+Results must not depend on the order a launch's indices run in (the tests
+replay every kernel reversed, shuffled and in parallel, bit for bit),
+except for kernels that sum floats with atomicAdd: the comment block right
+above such a kernel says ``atomic-accumulating`` and why, and they are
+compared with a tolerance instead.
 """
 import functools
 import re
@@ -17,6 +22,8 @@ HOST_SHIM = KERNEL_DIR / "host_shim.h"
 
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_KERNEL_LINE = re.compile(r'\s*extern\s+"C"\s+__global__\s+void\s+(\w+)')
+ATOMIC_MARK = "atomic-accumulating"
 
 # C parameter type (qualifiers dropped) -> the kind both devices marshal.
 ARG_KINDS = {
@@ -55,6 +62,28 @@ def parse_signatures(path):
         params = [p for p in params.split(",") if p.strip()]
         signatures[name] = [_parse_param(p, name, path) for p in params]
     return signatures
+
+
+def atomic_accumulating(path):
+    """The kernels of one .cu file whose comment block (the ``//`` lines
+    right above the definition) declares them ``atomic-accumulating``."""
+    lines = Path(path).read_text().splitlines()
+    names = set()
+    for number, line in enumerate(lines):
+        match = _KERNEL_LINE.match(line)
+        above = number - 1
+        while match and above >= 0 and lines[above].lstrip().startswith("//"):
+            if ATOMIC_MARK in lines[above]:
+                names.add(match.group(1))
+                break
+            above -= 1
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def atomic_accumulating_kernels():
+    """Every declared atomic-accumulating kernel in kernels/."""
+    return frozenset(name for path in kernel_files() for name in atomic_accumulating(path))
 
 
 @functools.lru_cache(maxsize=None)

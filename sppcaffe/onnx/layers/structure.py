@@ -38,15 +38,15 @@ def slice_(x):
         return x.inputs[0]
     axis = layer.axis
     sizes = [shape[axis] for shape in x.top_shapes]
-    if x.is_dynamic(0, [axis]):
-        if layer.points:
-            raise x.error(f"slice points on axis {axis}, whose size changes with the inputs")
-        # equal parts of a dynamic axis
+    dynamic = x.is_dynamic(0, [axis])
+    if dynamic and not layer.points:
+        # equal parts of an axis whose length follows the inputs
         attrs = {"num_outputs": len(sizes)} if x.g.opset >= 18 else {}
         return x.g.node("Split", [x.inputs[0]], len(sizes), axis=axis, **attrs)
-    bounds = np.cumsum([0] + sizes)
-    return [x.g.slice(x.inputs[0], [int(lo)], [int(hi)], [axis])
-            for lo, hi in zip(bounds[:-1], bounds[1:])]
+    bounds = [int(b) for b in np.cumsum([0] + sizes)]
+    if dynamic:
+        bounds[-1] = INT64_MAX           # the last part runs to the end, whatever it is
+    return [x.g.slice(x.inputs[0], [lo], [hi], [axis]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 @converter("Eltwise")

@@ -178,6 +178,17 @@ extern "C" __global__ void infogain_loss_backward(int count, int channels, int i
 }
 
 // ---- ContrastiveLoss -----------------------------------------------------------
+// The similarity label: Caffe's static_cast<int>(sim) != 0 is |sim| >= 1,
+// decided in float so that it is defined for every value; NaN is neither
+// similar nor dissimilar and makes the pair's term and gradient NaN.
+#define PAIR_DISSIMILAR 0
+#define PAIR_SIMILAR 1
+#define PAIR_NAN 2
+static __device__ __forceinline__ int pair_kind(float sim) {
+  if (fabsf(sim) >= 1.0f) return PAIR_SIMILAR;
+  return fabsf(sim) < 1.0f ? PAIR_DISSIMILAR : PAIR_NAN;
+}
+
 // Per pair n: d^2 = |a_n - b_n|^2 into dist_sq, and the pair's term into
 // terms: d^2 for a similar pair, else max(margin - d, 0)^2, or
 // max(margin - d^2, 0) in the legacy version.
@@ -190,8 +201,11 @@ extern "C" __global__ void contrastive_loss_forward(int num, int channels, const
       const float d = a[n * channels + c] - b[n * channels + c];
       d2 += d * d;
     }
+    const int kind = pair_kind(sim[n]);
     float term;
-    if ((int)sim[n]) {
+    if (kind == PAIR_NAN) {
+      term = bad_label_nan();
+    } else if (kind == PAIR_SIMILAR) {
       term = d2;
     } else if (legacy) {
       term = fmaxf(margin - d2, 0.0f);
@@ -217,8 +231,11 @@ extern "C" __global__ void contrastive_loss_backward(int count, int channels, co
     const int n = (int)(i / channels);
     const float alpha = loss_weight[0] * scale;
     const float diff = a[i] - b[i];
+    const int kind = pair_kind(sim[n]);
     float g = 0.0f;
-    if ((int)sim[n]) {
+    if (kind == PAIR_NAN) {
+      g = bad_label_nan();
+    } else if (kind == PAIR_SIMILAR) {
       g = alpha * diff;
     } else if (legacy) {
       if (margin - dist_sq[n] > 0.0f) g = -alpha * diff;

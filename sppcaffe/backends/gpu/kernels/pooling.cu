@@ -232,27 +232,22 @@ extern "C" __global__ void pool_bins_ave_forward(int count, const float* x, int 
   }
 }
 
-// Backward for one bin table shared by all boxes, box n reading image n
-// (SPP): a deterministic gather, each bottom cell visiting the bins of every
-// level that contain it, in output order.  Overwrites dx.  `argmax` null
-// means AVE (each bin spreads gradient / divisor over its cells).
-static __device__ __forceinline__ float pool_bins_gather(int index, const float* dy,
-                                                        const int* argmax, int channels,
-                                                        int height, int width, int num_levels,
-                                                        const int* levels, const int* bins,
-                                                        int row_length) {
-  const int w = index % width;
-  const int h = (index / width) % height;
-  const int c = (index / (width * height)) % channels;
-  const int n = index / (width * height * channels);
-  const int cell = h * width + w;
-  float gradient = 0;
+// The gradient one box sends to cell (h, w) of channel c, added to
+// `gradient` bin by bin, levels and bins in output order: every bin of the
+// box (its table at `table`, its output row from `row`) that contains the
+// cell; a MAX bin only where the cell is its argmax (`argmax` null means
+// AVE: each bin spreads gradient / divisor over its cells).
+static __device__ __forceinline__ float pool_box_gradient(float gradient, const float* dy,
+                                                         const int* argmax, long long row,
+                                                         const int* table, int num_levels,
+                                                         const int* levels, int c, int h, int w,
+                                                         int cell) {
   for (int l = 0; l < num_levels; ++l) {
     const int* level = levels + 4 * l;
     const int nh = level[1], nw = level[2];
-    const int* rows = bins + level[3];
+    const int* rows = table + level[3];
     const int* cols = rows + 3 * nh;
-    const long long base = (long long)n * row_length + level[0] + c * nh * nw;
+    const long long base = row + level[0] + c * nh * nw;
     for (int i = 0; i < nh; ++i) {
       if (h < rows[i] || h >= rows[nh + i]) continue;
       for (int j = 0; j < nw; ++j) {
@@ -267,6 +262,22 @@ static __device__ __forceinline__ float pool_bins_gather(int index, const float*
     }
   }
   return gradient;
+}
+
+// Backward for one bin table shared by all boxes, box n reading image n
+// (SPP): a deterministic gather, each bottom cell visiting the bins of its
+// image's box.  Overwrites dx.
+static __device__ __forceinline__ float pool_bins_gather(int index, const float* dy,
+                                                        const int* argmax, int channels,
+                                                        int height, int width, int num_levels,
+                                                        const int* levels, const int* bins,
+                                                        int row_length) {
+  const int w = index % width;
+  const int h = (index / width) % height;
+  const int c = (index / (width * height)) % channels;
+  const int n = index / (width * height * channels);
+  return pool_box_gradient(0.0f, dy, argmax, (long long)n * row_length, bins, num_levels, levels,
+                           c, h, w, h * width + w);
 }
 
 extern "C" __global__ void pool_bins_max_backward(int count, const float* dy, const int* argmax,
@@ -289,38 +300,62 @@ extern "C" __global__ void pool_bins_ave_backward(int count, const float* dy, in
   }
 }
 
-// Backward for per-box tables (window pooling: windows overlap arbitrarily,
-// so a gather has no bounded list of bins per cell): one thread per output
-// adds into dx, which the caller zeroes first.  The order of the additions
-// on a GPU varies from run to run (last-bit differences only).
-extern "C" __global__ void pool_bins_max_backward_atomic(int count, const float* dy,
-                                                        const int* argmax, int channels,
-                                                        int height, int width, int num_levels,
-                                                        const int* levels, const int* bins,
-                                                        int bins_per_box, const int* box_image,
-                                                        int row_length, float* dx) {
+// Backward for per-box tables (window pooling), where windows overlap
+// arbitrarily: each bottom cell gathers from the windows containing it,
+// listed by the host per cell in ascending order (window_pool_device.py,
+// cell_windows): cell i = (image * H + h) * W + w has the windows
+// cell_windows[cell_begins[i] .. cell_begins[i + 1]).  The order of the
+// additions is fixed, so every run gives the same bits (float atomicAdd
+// gave a different order, and different last bits, run to run).
+// Overwrites dx.
+static __device__ __forceinline__ float pool_windows_gather(int index, const float* dy,
+                                                           const int* argmax, int channels,
+                                                           int height, int width, int num_levels,
+                                                           const int* levels, const int* bins,
+                                                           int bins_per_box,
+                                                           const int* cell_begins,
+                                                           const int* cell_windows,
+                                                           int row_length) {
+  const int w = index % width;
+  const int h = (index / width) % height;
+  const int c = (index / (width * height)) % channels;
+  const int n = index / (width * height * channels);
+  const int cell = h * width + w;
+  const long long at = (long long)n * height * width + cell;
+  float gradient = 0;
+  for (int k = cell_begins[at]; k < cell_begins[at + 1]; ++k) {
+    const int box = cell_windows[k];
+    gradient = pool_box_gradient(gradient, dy, argmax, (long long)box * row_length,
+                                 bins + (long long)box * bins_per_box, num_levels, levels, c, h,
+                                 w, cell);
+  }
+  return gradient;
+}
+
+extern "C" __global__ void pool_bins_max_backward_windows(int count, const float* dy,
+                                                         const int* argmax, int channels,
+                                                         int height, int width, int num_levels,
+                                                         const int* levels, const int* bins,
+                                                         int bins_per_box, const int* cell_begins,
+                                                         const int* cell_windows, int row_length,
+                                                         float* dx) {
   CUDA_KERNEL_LOOP(index, count) {
-    const int i = (int)index;
-    const PoolBin bin = pool_decode_bin(i, channels, num_levels, levels, bins, bins_per_box,
-                                        box_image, row_length);
-    atomicAdd(dx + (long long)bin.plane * height * width + argmax[i], dy[i]);
+    dx[index] = pool_windows_gather((int)index, dy, argmax, channels, height, width, num_levels,
+                                    levels, bins, bins_per_box, cell_begins, cell_windows,
+                                    row_length);
   }
 }
 
-extern "C" __global__ void pool_bins_ave_backward_atomic(int count, const float* dy,
-                                                        int channels, int height, int width,
-                                                        int num_levels, const int* levels,
-                                                        const int* bins, int bins_per_box,
-                                                        const int* box_image, int row_length,
-                                                        float* dx) {
+extern "C" __global__ void pool_bins_ave_backward_windows(int count, const float* dy,
+                                                         int channels, int height, int width,
+                                                         int num_levels, const int* levels,
+                                                         const int* bins, int bins_per_box,
+                                                         const int* cell_begins,
+                                                         const int* cell_windows, int row_length,
+                                                         float* dx) {
   CUDA_KERNEL_LOOP(index, count) {
-    const int i = (int)index;
-    const PoolBin bin = pool_decode_bin(i, channels, num_levels, levels, bins, bins_per_box,
-                                        box_image, row_length);
-    const float g = dy[i] / (float)bin.divisor;
-    float* slice = dx + (long long)bin.plane * height * width;
-    for (int h = bin.hstart; h < bin.hend; ++h) {
-      for (int w = bin.wstart; w < bin.wend; ++w) atomicAdd(slice + h * width + w, g);
-    }
+    dx[index] = pool_windows_gather((int)index, dy, 0, channels, height, width, num_levels,
+                                    levels, bins, bins_per_box, cell_begins, cell_windows,
+                                    row_length);
   }
 }

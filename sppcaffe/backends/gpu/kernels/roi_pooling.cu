@@ -7,21 +7,33 @@
 // [floor(ph * bin_h), ceil((ph + 1) * bin_h)) from the roi's start, clipped
 // to the map; all in float arithmetic, as the fork computes it, so the host
 // code (NumPy, float32) picks the same cells.
+//
+// Converting NaN or an out-of-range float to int is undefined (x86 and GPUs
+// disagree), so the batch index is read by labels.cuh (invalid: no image)
+// and corners are clamped in float before their cast.  The host rejects such
+// rois before the device sees them; this only keeps every platform alike.
 #include "common.cuh"
+#include "labels.cuh"
 
 struct RoiPoolingBox {
   int batch, x1, y1, width, height;
   float bin_h, bin_w;
 };
 
+// round(coordinate * scale), clamped to +-2^29 (NaN goes to a bound) so that
+// the cast, and the width x2 - x1 + 1, are defined.
+static __device__ __forceinline__ int roi_pooling_corner(float coordinate, float scale) {
+  return (int)fminf(fmaxf(roundf(coordinate * scale), -536870912.0f), 536870912.0f);
+}
+
 static __device__ __forceinline__ RoiPoolingBox roi_pooling_box(const float* roi, float scale,
                                                                int pooled_h, int pooled_w) {
   RoiPoolingBox box;
-  box.batch = (int)roi[0];
-  box.x1 = (int)roundf(roi[1] * scale);
-  box.y1 = (int)roundf(roi[2] * scale);
-  const int x2 = (int)roundf(roi[3] * scale);
-  const int y2 = (int)roundf(roi[4] * scale);
+  box.batch = label_class(roi[0], 2147483647, 0, 0);     // LABEL_INVALID: no image
+  box.x1 = roi_pooling_corner(roi[1], scale);
+  box.y1 = roi_pooling_corner(roi[2], scale);
+  const int x2 = roi_pooling_corner(roi[3], scale);
+  const int y2 = roi_pooling_corner(roi[4], scale);
   box.width = max(x2 - box.x1 + 1, 1);        // malformed rois pool one cell
   box.height = max(y2 - box.y1 + 1, 1);
   box.bin_h = (float)box.height / (float)pooled_h;
