@@ -118,7 +118,8 @@ def export_and_check(name, batch, path):
     from sppcaffe.onnx import export
     from sppcaffe.onnx.verify import compare
     net = build_net(name, batch)
-    model = export(net, path, dynamic_batch=True)
+    scores = net.bottom_vecs[-1][0].name        # the logits under the softmax
+    model = export(net, path, dynamic_batch=True, outputs=list(net.outputs) + [scores])
     errors = compare(net, model, {"data": images(batch)})
     return max(errors.values())
 

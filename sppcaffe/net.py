@@ -185,11 +185,11 @@ class Net:
         self.phase = phase
         self.name = param.name
         self.data_shapes = dict(data_shapes or {})
-        filtered = filter_net(param)
-        with_splits = insert_splits(filtered)
-        self._auto_splits = ({lp.name for lp in with_splits.layer}
-                             - {lp.name for lp in filtered.layer})
         try:
+            filtered = filter_net(param)
+            with_splits = insert_splits(filtered)
+            self._auto_splits = ({lp.name for lp in with_splits.layer}
+                                 - {lp.name for lp in filtered.layer})
             self._build(with_splits, param.force_backward)
         except ValueError as err:
             if self.source != "<NetParameter>":

@@ -377,3 +377,15 @@ def test_an_order_dependent_kernel_is_caught(toys, toy, orders):
         device = HostDevice(order=order, seed=3)
         found = differences(capture, replay(capture, device, device.kernels_in(toys)[toy]), order)
         assert found and f"{toy} (from ?, count {n}), {order} order" in found[0]
+
+
+def test_environment_picks_the_order(monkeypatch):
+    from sppcaffe import GPUUnavailable
+    monkeypatch.setenv("SPPCAFFE_HOST_ORDER", "Shuffled")
+    assert HostDevice().order == "shuffled" and HostDevice(order="natural").order == "natural"
+    monkeypatch.setenv("SPPCAFFE_HOST_ORDER", "backwards")
+    with pytest.raises(GPUUnavailable, match="SPPCAFFE_HOST_ORDER='backwards': expected one of "
+                                              "natural, reversed, shuffled, parallel"):
+        HostDevice()
+    with pytest.raises(ValueError, match="HostDevice order 'sideways'"):
+        HostDevice(order="sideways")

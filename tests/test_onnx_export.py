@@ -157,17 +157,27 @@ def test_pooling_rectangular_and_global(params):
 
 
 def test_pooling_dynamic_size_keeps_caffe_rounding():
-    text = "".join(layer(f"p{i}", "Pooling", ["x"], [f"p{i}"], f"pooling_param {{ {params} }}")
-                   for i, params in enumerate([
-                       "pool: MAX kernel_size: 3 stride: 2",
-                       "pool: MAX kernel_size: 3 stride: 2 pad: 1",
-                       "pool: AVE kernel_size: 3 stride: 2 pad: 1",
-                       "pool: AVE kernel_size: 4 stride: 3 pad: 2",
-                       "pool: AVE kernel_size: 2 stride: 2 pad: 1 round_mode: FLOOR",
-                       "pool: MAX global_pooling: true"]))
+    """One graph for every input size: Caffe's window count (the dropped
+    window included) and AVE divisors computed from the input's shape."""
+    text = layer("global", "Pooling", ["x"], ["global"], "pooling_param { pool: AVE "
+                 "global_pooling: true }")
+    for k in range(1, 5):
+        for s in range(1, k + 1):
+            for p in range(k):
+                for floor in (False, True):
+                    for pool in ("MAX", "AVE"):
+                        name = f"p{k}_{s}_{p}_{int(floor)}_{pool}"
+                        rounding = "round_mode: FLOOR" if floor else ""
+                        text += layer(name, "Pooling", ["x"], [name],
+                                      f"pooling_param {{ pool: {pool} kernel_size: {k} "
+                                      f"stride: {s} pad: {p} {rounding} }}")
+    text += layer("rect", "Pooling", ["x"], ["rect"], "pooling_param { pool: AVE kernel_h: 3 "
+                  "kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0 }")
     net = make_net(text, {"x": (1, 2, 10, 10)})
     model = export(net, dynamic_size=True, dynamic_batch=True)
     onnx.checker.check_model(model, full_check=True)
+    assert all(a.name not in ("ceil_mode", "pads") for n in model.graph.node
+               if n.op_type.endswith("Pool") for a in n.attribute)
     rng = np.random.default_rng(1)
     for shape in [(1, 2, 10, 10), (2, 2, 11, 7), (1, 2, 6, 13), (3, 2, 17, 16)]:
         errors = compare(net, model, {"x": rng.standard_normal(shape, dtype=np.float32)})

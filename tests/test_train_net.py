@@ -175,13 +175,14 @@ def test_weights_fine_tune_train_and_test_nets(tiny, tmp_path, capsys):
             blob.data[...] = rng.standard_normal(blob.shape)
     weights = str(tmp_path / "given.caffemodel")
     source.save(weights)
-    # max_iter 0: the final snapshot holds the weights training started from.
+    # One step at base_lr 0: the final snapshot holds the weights training started from.
     code, err = run_main(train_net, capsys, "--solver", solver, "--weights", weights,
-                         "--iters", "0", "--set", "snapshot=0")
+                         "--iters", "1", "--set", "snapshot=0", "--set", "base_lr=0")
     assert code == 0, err
     assert f"Finetuning from {weights}" in err
+    assert "copied weights into 2 of the 2 parameter layers of net 'tiny'" in err
     trained = sppcaffe.Net(str(tmp_path / "tiny.prototxt"), sppcaffe.TEST,
-                           weights=f"{prefix}_iter_0.caffemodel")
+                           weights=f"{prefix}_iter_1.caffemodel")
     for name, blobs in source.params.items():
         for a, b in zip(blobs, trained.params[name]):
             np.testing.assert_array_equal(a.data, b.data)

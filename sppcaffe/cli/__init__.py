@@ -5,6 +5,7 @@ import logging
 import os
 
 from .. import backends
+from ..io.atomic import folder_problem, write_problem
 from ..io.files import path_problem
 from ..proto import caffe_pb2
 
@@ -19,6 +20,21 @@ def require_file(path, what):
     problem = path_problem(path)
     if problem:
         raise CliError(f"cannot read {what} '{path}': {problem}")
+
+
+def require_writable(path, what):
+    """CliError now, before any work is done, unless a file can be written
+    at `path` (its folder exists and takes new files)."""
+    problem = write_problem(path)
+    if problem:
+        raise CliError(f"cannot write {what} '{path}': {problem}")
+
+
+def require_writable_folder(folder, what):
+    """CliError now unless folder `folder` can be made and written to."""
+    problem = folder_problem(folder)
+    if problem:
+        raise CliError(f"cannot write {what} '{folder}': {problem}")
 
 
 def naming_file(path, err):

@@ -22,7 +22,7 @@ import numpy as np
 from .. import io
 from ..classifier import Classifier
 from ..io.files import load_numpy, path_problem
-from . import CliError, device_for, progress, require_file
+from . import CliError, device_for, progress, require_file, require_writable
 
 PROG = "classify"
 CAFFE_MODEL = "models/bvlc_reference_caffenet/deploy.prototxt"
@@ -158,6 +158,7 @@ def classify(args):
     if len(image_dims) != 2:
         raise CliError(f"--images_dim expects 'height,width', got '{args.images_dim}'")
     mean = load_mean(args.mean_file) if args.mean_file else None
+    require_writable(args.output_file, "the output")
     print("GPU mode" if args.gpu else "CPU mode")
     classifier = Classifier(existing_file(args.model_def, "--model_def"),
                             existing_file(args.pretrained_model, "--pretrained_model"),

@@ -17,6 +17,7 @@ from .. import io
 from ..data.datum import datum_to_array, parse_datum
 from ..data.db import LMDB, iterate_db
 from ..data.errors import DataError
+from ..io.atomic import write_problem
 from .convert_imageset import gflags_argv
 
 PROG = "compute_image_mean"
@@ -82,6 +83,9 @@ def main(argv=None):
         print(message, flush=True)
 
     try:
+        problem = args.output_file and write_problem(args.output_file)
+        if problem:         # known now, not after reading the whole database
+            raise OSError(f"cannot write '{args.output_file}': {problem}")
         mean = image_mean(args.input_db, args.backend, log)
         if args.output_file:
             log(f"Write to {args.output_file}")

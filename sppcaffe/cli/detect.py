@@ -26,7 +26,7 @@ import numpy as np
 
 from ..detector import Detector
 from ..io.atomic import atomic_write
-from . import CliError
+from . import CliError, require_writable
 from .classify import (CAFFE_MEAN, add_model_arguments, add_scale_arguments, channel_swap_of,
                        existing_file, load_mean, run_with_device)
 
@@ -138,6 +138,7 @@ def read_inputs(args):
 
 def detect(args):
     start = time.time()
+    require_writable(args.output_file, "the output")
     print("Loading input...")
     inputs = read_inputs(args)
     detector = load_detector(args)

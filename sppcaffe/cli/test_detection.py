@@ -31,7 +31,7 @@ from ..detection.evaluation import AREA, VOC07
 from ..detection.svm import SVMModel
 from ..io.atomic import atomic_write
 from .progress import run_main
-from . import add_gpu_argument, device_for
+from . import add_gpu_argument, device_for, require_writable, require_writable_folder
 from .train_svms import CachedSet, CliError, add_config_arguments
 
 PROG = "test_detection"
@@ -100,6 +100,10 @@ def detect_and_evaluate(args):
         config = load_config(args.config, settings)
     except DetectionConfigError as err:
         raise CliError(str(err)) from None
+    if args.results:
+        require_writable(args.results, "the results")
+    if args.pictures:
+        require_writable_folder(args.pictures, "the pictures")
     data = CachedSet(args.cache, limit=args.limit)
     model = SVMModel.load(args.svms)
     if list(model.classes) != list(data.classes):

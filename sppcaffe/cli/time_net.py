@@ -18,6 +18,7 @@ from .. import backends, io
 from ..layer import LAYER_TYPES, LayerError
 from ..layers.data import ExternalDataLayer
 from ..net import TEST, TRAIN, Net, filter_net
+from ..net_arguments import fed_blob_names
 from ..random import set_random_seed
 from . import (CliError, add_gpu_argument, add_net_state_arguments, device_for, naming_file,
                require_file, require_layers)
@@ -143,16 +144,6 @@ def net_in_phase(param, args):
 # ---------------------------------------------------------------------------
 # Random inputs
 # ---------------------------------------------------------------------------
-def fed_blobs(net):
-    """Names of the blobs nothing in the net computes: Input blobs and the
-    tops of data layers that are not read from their sources."""
-    names = list(net.inputs)
-    for layer, tops in zip(net.layers, net.top_vecs):
-        if getattr(layer, "fed_from_python", False):
-            names += [t.name for t in tops if t.name not in names]
-    return names
-
-
 def num_classes(net, blob_name):
     """How many classes a label blob indexes: the smallest class-axis size
     among the loss/accuracy layers reading it as their bottom 1 (through
@@ -177,7 +168,7 @@ def num_classes(net, blob_name):
 
 
 def fill_random(net, rng):
-    for name in fed_blobs(net):
+    for name in fed_blob_names(net):
         blob = net.blobs[name]
         classes = num_classes(net, name)
         if classes:

@@ -23,7 +23,7 @@ import time
 from ..detection import bbox_regression, cache, finetune, svm
 from ..detection.config import DetectionConfigError, dump_config, load_config
 from .progress import run_main
-from . import CliError, require_file
+from . import CliError, require_file, require_writable
 
 PROG = "train_svms"
 log = logging.getLogger("sppcaffe")
@@ -118,6 +118,11 @@ def run(args):
         raise CliError(str(err)) from None
     _check_file(args.weights, "weights")
     _check_file(args.fc_net, "fc net")
+    # Every output is written after minutes of work: check them all now.
+    for path, what in ((args.output, "the SVMs"), (args.finetune, "the fine-tuned weights"),
+                       (args.bbox_reg, "the box regressors"), (args.cls_score, "cls_score")):
+        if path is not None:
+            require_writable(path, what)
     solver_path = args.solver or config.finetune.solver
     data = CachedSet(args.cache, limit=args.limit)
     log.info("%d training images of %s, %d classes, %d features per window", len(data.image_ids),

@@ -26,7 +26,7 @@ import os
 import cv2
 import numpy as np
 
-from ..io.files import read_text_file
+from ..io.files import read_bytes, read_text_file
 from .batch import Batch, BatchReader
 from .errors import DataError
 from .image import decode_image, to_chw
@@ -220,17 +220,17 @@ class WindowBatchReader(BatchReader):
 
     def _read_bytes(self, path):
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            return read_bytes(path, "image")
         except OSError as err:
-            raise self.error(f"cannot read image '{path}': {err.strerror}") from None
+            raise self.error(f"{err} (listed in window file '{self.source}')") from None
 
     def _image(self, index):
         path = self.images[index][0]
         data = self.cache[index] if self.cache is not None else self._read_bytes(path)
         image = decode_image(data, "color")
         if image is None:
-            raise self.error(f"cannot decode image '{path}'")
+            raise self.error(f"cannot decode image '{path}' (listed in window file "
+                             f"'{self.source}')")
         return image
 
     def top_shapes(self):

@@ -64,6 +64,18 @@ def write_problem(path):
     return None
 
 
+def folder_problem(folder):
+    """Why folder `folder` cannot be made (where missing) and written to,
+    or None when it can: its nearest existing ancestor must be a folder
+    that takes new files."""
+    existing = os.path.abspath(os.fspath(folder))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"'{existing}' is not a directory"
+    return write_problem(os.path.join(existing, ".write-check"))
+
+
 def remove_stale_temps(folder, name_pattern):
     """Delete the temporary files that killed atomic writes left in
     `folder` for files whose name matches the regular expression

@@ -158,7 +158,31 @@ def read_binary(path, message, allow_empty=True):
     except DecodeError as err:
         raise CaffemodelError(f"'{path}' is not a valid binary {message.DESCRIPTOR.name} "
                               f"(truncated or corrupt file: {err})") from None
+    not_text = _field_not_utf8(message)
+    if not_text:
+        raise CaffemodelError(f"'{path}' is not a valid binary {message.DESCRIPTOR.name} "
+                              f"(corrupt file: its {not_text} is not UTF-8 text)")
     return message
+
+
+def _field_not_utf8(message, prefix=""):
+    """The name of the first string field of `message` (recursively) that
+    is not UTF-8, or None.  Protobuf parses such a field without complaint
+    and hands it back as bytes, which no caller expects."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        items = list(value) if field.is_repeated else [value]
+        for index, item in enumerate(items):
+            name = f"{prefix}{field.name}" + (f"[{index}]" if field.is_repeated else "")
+            if field.type == field.TYPE_STRING:
+                if isinstance(item, bytes):
+                    return name
+            else:
+                found = _field_not_utf8(item, name + ".")
+                if found:
+                    return found
+    return None
 
 
 def write_binary(message, path):

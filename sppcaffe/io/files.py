@@ -43,6 +43,8 @@ def read_bytes(path, what):
         raise FileNotFoundError(f"cannot read {what} '{path}': {NO_SUCH_FILE}") from None
     except OSError as err:
         raise type(err)(f"cannot read {what} '{path}': {err.strerror or err}") from None
+    except ValueError:              # open() refuses a name with a NUL byte: no file has one
+        raise FileNotFoundError(f"cannot read {what} {path!r}: {NO_SUCH_FILE}") from None
 
 
 def decode_text(raw, path, what, error):

@@ -12,7 +12,9 @@ promises no order, so ``HostDevice(order=...)`` runs the emulated build
 instead: "reversed" and "shuffled" (seeded, a new shuffle every launch)
 walk the indices in that order, "parallel" runs CUDA's launch shape of
 simulated threads on OpenMP workers with real atomics.  A kernel whose
-results differ between the orders would differ between GPU runs.
+results differ between the orders would differ between GPU runs.  The
+environment's SPPCAFFE_HOST_ORDER picks the order of every HostDevice
+made without one (e.g. ``SPPCAFFE_HOST_ORDER=parallel pytest tests``).
 """
 import ctypes
 import hashlib
@@ -64,8 +66,7 @@ def _matrix(ptr, rows, cols, trans):
 
 
 class HostDevice(Device):
-    """order: one of ORDERS, by default the environment's SPPCAFFE_HOST_ORDER
-    (so any GPU test or ``SPPCAFFE_GPU=host`` run can use another), else
+    """order: one of ORDERS, by default SPPCAFFE_HOST_ORDER's, else
     "natural"; seed: the shuffles' (reproducible per device); workers:
     OpenMP threads of the parallel order (more than the cores interleave the
     simulated threads more)."""

@@ -13,9 +13,13 @@ keeps Caffe's numbers in each:
   (count_include_pad=1) or by the cells inside the input (=0); the export
   picks the one that equals Caffe's divisors, or, where neither does (a
   window reaching past the padding), the second and a constant correction.
-- With a dynamic input size the window count is not known: ceil_mode=1
-  with Caffe's symmetric pads, whose rounding and divisor ONNX Runtime
-  implements as Caffe (the drop rule included; tested).
+- With a dynamic input size the window count is not known when the graph
+  is written, and runtimes disagree on ceil_mode (ONNX Runtime before 1.2x
+  does not drop the window that starts in the padding): the graph computes
+  Caffe's count and the end pad from the input's shape, pads the input
+  explicitly (Pad with -inf or 0: pads may be tensors there, not in the
+  pooling operators) and pools without pads in floor mode; AVE's sums are
+  then rescaled to Caffe's divisors, also computed in the graph.
 
 Bins that are not uniform windows (SPP's ADAPTIVE and PAPER layouts on most
 sizes, WindowSPP) are pooled separably: a reduction over each row band,
@@ -24,6 +28,7 @@ max/sum over its rows of the row-wise max/sum).  Their bounds are constants
 for a fixed size, or computed in the graph from the input's shape.
 """
 import numpy as np
+from onnx import TensorProto
 
 from ... import spp_geometry as geometry
 from ..registry import converter
@@ -80,6 +85,47 @@ def _divisors(size, kernel, stride, pad, count):
     caffe = np.outer(bins[0].divisors, bins[1].divisors).astype(np.float64)
     inside = np.outer(bins[0].ends - bins[0].starts, bins[1].ends - bins[1].starts)
     return caffe, inside.astype(np.float64)
+
+
+def pool_windows_dynamic(g, value, is_max, kernel, stride, pad, ceil_mode):
+    """Caffe's Pooling on an (N, C, H, W) value whose H and W are read from
+    its shape: pooled_size's count, explicit padding, floor-mode pooling."""
+    def op(name, a, b):
+        return g.node(name, [a, b if isinstance(b, str) else g.ints([b])])
+
+    any_pad = any(pad)          # Caffe applies the drop rule to both axes or neither
+    begins, ends, counts, divisors = [], [], [], []
+    for axis, k, s, p in zip((2, 3), kernel, stride, pad):
+        size = g.shape(value, axis, axis + 1)
+        span = op("Sub", op("Add", size, 2 * p), k)
+        count = op("Add", op("Div", op("Add", span, s - 1) if ceil_mode else span, s), 1)
+        if any_pad:
+            # a last window starting in the bottom/right padding is dropped
+            last_start = op("Mul", op("Sub", count, 1), s)
+            starts_in_pad = g.cast(g.node("GreaterOrEqual", [last_start, op("Add", size, p)]),
+                                   TensorProto.INT64)
+            count = op("Sub", count, starts_in_pad)
+        end = op("Max", op("Sub", op("Sub", op("Add", op("Mul", op("Sub", count, 1), s), k),
+                                         size), p), 0)
+        begins.append(p)
+        ends.append(end)
+        counts.append(count)
+        if not is_max:
+            # Caffe's divisor: each window clipped to the padded input
+            starts = op("Sub", op("Mul", g.node("Range", [g.scalar_int(0), g.squeeze(count, [0]),
+                                                          g.scalar_int(1)]), s), p)
+            divisors.append(op("Sub", g.node("Min", [op("Add", starts, k), op("Add", size, p)]),
+                               starts))
+    pads = g.vector([0, 0] + begins + [0, 0] + ends, "pads")
+    fill = g.initializer(np.asarray(-np.inf if is_max else 0, np.float32), "pad_value")
+    padded = g.node("Pad", [value, pads, fill])
+    attrs = dict(kernel_shape=list(kernel), strides=list(stride))
+    if is_max:
+        return g.node("MaxPool", [padded], **attrs)
+    # AveragePool divides by the whole kernel here; rescale to Caffe's divisors.
+    area = g.floats(np.float32(kernel[0] * kernel[1]), "kernel_area")
+    ratio = g.node("Div", [area, divisor_grid(g, *divisors)])
+    return g.node("Mul", [g.node("AveragePool", [padded], **attrs), ratio])
 
 
 # ---- bins given per axis -----------------------------------------------------
@@ -180,12 +226,8 @@ def pooling(x):
     if layer.global_pooling:
         return x.g.node("GlobalMaxPool" if layer.is_max else "GlobalAveragePool", [value])
     if x.is_dynamic(0, (2, 3)):
-        # ONNX Runtime's ceil mode is Caffe's rule (module docstring).
-        ph, pw = layer.pad
-        op = "MaxPool" if layer.is_max else "AveragePool"
-        attrs = {} if layer.is_max else {"count_include_pad": 1}
-        return x.g.node(op, [value], kernel_shape=list(layer.window), strides=list(layer.stride),
-                        pads=[ph, pw, ph, pw], ceil_mode=int(layer.ceil_mode), **attrs)
+        return pool_windows_dynamic(x.g, value, layer.is_max, layer.window, layer.stride,
+                                    layer.pad, layer.ceil_mode)
     return pool_windows(x.g, value, layer.is_max, x.bottom_shapes[0][2:], layer.window,
                         layer.stride, layer.pad, layer.out_shape)
 

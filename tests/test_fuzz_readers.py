@@ -1,0 +1,129 @@
+"""Every reader of a file sppcaffe is given, fed mutated and truncated
+files: prototxt nets and solvers, caffemodels, solver states and their
+.rng sidecars, binaryprotos, LMDB Datum values, image lists, images and
+window files, read by the readers themselves and through Net and Solver
+construction.  Each ends in a correct result or a clear sppcaffe error
+naming the file; never another exception, a hang or a crash (the corpus,
+the property and why a worker process: fuzz_corpus.py).
+
+The default run takes a few dozen examples per reader (deterministic);
+`pytest -m slow` takes 2,000 per reader with random seeds (set
+SPPCAFFE_FUZZ_SEED=N to repeat one run)."""
+import json
+import os
+import random
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fuzz_corpus import TARGETS
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# Examples per reader in the default run: about 30 s for all of them on 2 cores.
+DEFAULT_EXAMPLES = {"net_prototxt": 60, "solver_prototxt": 40, "caffemodel": 60,
+                    "solverstate": 60, "rng_sidecar": 40, "binaryproto": 60, "lmdb_datum": 40,
+                    "image_list": 40, "image_file": 60, "window_file": 40}
+SLOW_EXAMPLES = 2000
+START_SECONDS = 120           # the worker's import and seed files
+SECONDS_PER_EXAMPLE = 1.0     # generous: the worker's own alarm catches a hang at 20 s
+
+
+class FuzzWorker:
+    """The worker process of fuzz_corpus.py, started again after it dies."""
+
+    def __init__(self, work):
+        self.work = str(work)
+        self.log = os.path.join(self.work, "worker.log")
+        self.process = None
+
+    def _start(self):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1",
+                   # OpenCV refuses images above this many pixels (a corrupt header
+                   # must not make it allocate gigabytes).
+                   OPENCV_IO_MAX_IMAGE_PIXELS=str(1 << 22))
+        env["PYTHONPATH"] = os.pathsep.join([TESTS, os.path.dirname(TESTS),
+                                             env.get("PYTHONPATH", "")])
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.join(TESTS, "fuzz_corpus.py"), self.work],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                cwd=self.work)
+        reply = self._reply(START_SECONDS)
+        assert reply and reply.get("ready"), f"the fuzz worker did not start:\n{self.log_tail()}"
+
+    def log_tail(self):
+        """The end of the worker's stderr (OpenCV's warnings, a crash's last words)."""
+        with open(self.log, "rb") as f:
+            return f.read()[-3000:].decode(errors="replace")
+
+    def _reply(self, timeout):
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.process.stdout.readline()
+        return json.loads(line) if line else None
+
+    def run(self, target, examples, seed):
+        """(passed, report) of `examples` examples of `target`."""
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        self.process.stdin.write(json.dumps({"target": target, "examples": examples,
+                                             "seed": seed}) + "\n")
+        self.process.stdin.flush()
+        timeout = 60 + examples * SECONDS_PER_EXAMPLE
+        reply = self._reply(timeout)
+        if reply is not None:
+            return reply["passed"], reply["report"]
+        # Died (a crash) or still running (a hang): say so, with the example.
+        if self.process.poll() is None:
+            what = f"did not finish within {timeout:.0f} s (a hang)"
+            self.process.kill()
+        else:
+            what = f"died with exit status {self.process.returncode} (a crash)"
+        self.process.wait()
+        self.process = None
+        current = os.path.join(self.work, f"{target}.current")
+        example = open(current, "rb").read() if os.path.exists(current) else b"?"
+        return False, (f"the worker {what} on the example {example!r}; its stderr ends:\n"
+                       f"{self.log_tail()}")
+
+    def close(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def fuzz_worker(tmp_path_factory):
+    worker = FuzzWorker(tmp_path_factory.mktemp("fuzz"))
+    yield worker
+    worker.close()
+
+
+def test_every_target_has_a_default_size():
+    assert set(DEFAULT_EXAMPLES) == set(TARGETS)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_reader_survives_fuzzing(fuzz_worker, target):
+    passed, report = fuzz_worker.run(target, DEFAULT_EXAMPLES[target], seed=None)
+    assert passed, report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_reader_survives_heavy_fuzzing(fuzz_worker, target):
+    seed = int(os.environ.get("SPPCAFFE_FUZZ_SEED") or random.randrange(1 << 32))
+    start = time.perf_counter()
+    passed, report = fuzz_worker.run(target, SLOW_EXAMPLES, seed=seed)
+    print(f"{target}: {SLOW_EXAMPLES} examples in {time.perf_counter() - start:.0f} s "
+          f"(SPPCAFFE_FUZZ_SEED={seed})")
+    assert passed, f"SPPCAFFE_FUZZ_SEED={seed}\n{report}"
