@@ -160,7 +160,7 @@ def make_seeds(work):
     seeds["binaryproto"] = mean.SerializeToString()
     # Images: a list of them, and the images' own bytes.
     os.makedirs(os.path.join(work, "images", "sub dir"), exist_ok=True)
-    for name, shape in (("a.png", (5, 6, 3)), ("b.jpg", (7, 4, 3)), ("sub dir/c.png", (6, 6))):
+    for name, shape in (("a.png", (6, 6, 3)), ("b.jpg", (7, 4, 3)), ("sub dir/c.png", (6, 6))):
         cv2.imwrite(os.path.join(work, "images", name),
                     rng.integers(0, 256, shape, dtype=np.uint8))
     seeds["image_list"] = b"a.png 0\nb.jpg 1\nsub dir/c.png 2\n"
@@ -173,7 +173,7 @@ def make_seeds(work):
     seeds["datum_float"] = floats.SerializeToString()
     seeds["datum_encoded"] = encoded_datum(seeds["png"], label=4).SerializeToString()
     # A window file (R-CNN's WindowData source) over the images.
-    seeds["window_file"] = (b"# 0\nimages/a.png\n3\n5\n6\n2\n1 0.9 0 0 4 3\n0 0.1 1 1 5 4\n"
+    seeds["window_file"] = (b"# 0\nimages/a.png\n3\n6\n6\n2\n1 0.9 0 0 4 3\n0 0.1 1 1 5 4\n"
                             b"# 1\nimages/b.jpg\n3\n7\n4\n1\n2 0.6 0 0 3 6\n")
     return seeds
 
@@ -378,8 +378,9 @@ def check_datum(data, work):
 def check_image_list(data, work):
     path = write(work, "fuzzed_list.txt", data)
     root = os.path.join(work, "images") + os.sep
+    # A batch of images of different sizes is an error naming them (files the list names).
     _run_data_net("ImageData", f'image_data_param {{ source: "{path}" root_folder: "{root}" '
-                  'batch_size: 2 shuffle: true }', [path])
+                  'batch_size: 2 shuffle: true }', [path, root])
 
 
 def check_image(data, work):
