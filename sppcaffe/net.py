@@ -754,8 +754,9 @@ class Net:
         if with_params and not result.filled and not allow_unmatched:
             raise WeightsError(
                 f"{source}: these weights fill none of the {len(with_params)} parameter layers "
-                f"of net '{self.name}' ({quoted_names(with_params)}); the file's layers are "
-                f"{quoted_names(ignored) if ignored else 'none'} (weights of another net?)")
+                f"of net '{self.name}' ({quoted_names(with_params)}); its layers that the net "
+                f"lacks: {quoted_names(ignored) if ignored else 'none'} (weights of another "
+                "net?)")
         _log.info("%s: copied weights into %d of the %d parameter layers of net '%s'%s", source,
                   len(result.filled), len(with_params), self.name,
                   f"; left as initialized: {quoted_names(unfilled)}" if unfilled else "")

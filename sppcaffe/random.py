@@ -39,5 +39,5 @@ def restore_generator_state(saved, rng=None):
         raise ValueError(f"random state of a {found} generator, this process uses {kind}")
     try:
         bit_generator.state = saved
-    except (TypeError, ValueError, KeyError) as err:
+    except (TypeError, ValueError, KeyError, OverflowError) as err:
         raise ValueError(f"invalid {kind} random state ({err})") from None

@@ -85,11 +85,18 @@ layers { name: "prob" type: SOFTMAX bottom: "ip" top: "prob" }
 """
 
 # A solver with its net inline (a mutation cannot send it to another file).
+DUMMY_DATA = """layer { name: "data" type: "DummyData" top: "data" top: "label"
+          dummy_data_param { shape { dim: 2 dim: 5 } shape { dim: 2 }
+                             data_filler { type: "gaussian" } data_filler { type: "constant" } } }"""
+# The solver whose snapshots seed the solver state and .rng targets reads images
+# (shuffled), so that its sidecar holds a data layer's position too.
+IMAGE_DATA = """layer { name: "data" type: "ImageData" top: "data" top: "label"
+          data_param { prefetch: 0 }
+          image_data_param { source: "{list}" root_folder: "{root}" batch_size: 2 shuffle: true
+                             new_height: 4 new_width: 4 } }"""
 SOLVER = """net_param {
   name: "fuzz_solver_net"
-  layer { name: "data" type: "DummyData" top: "data" top: "label"
-          dummy_data_param { shape { dim: 2 dim: 5 } shape { dim: 2 }
-                             data_filler { type: "gaussian" } data_filler { type: "constant" } } }
+  DATA
   layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
           inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
   layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
@@ -135,7 +142,8 @@ def make_seeds(work):
     from sppcaffe.data import array_to_datum, encoded_datum
     from sppcaffe.proto import caffe_pb2
 
-    seeds = {"net": NET.encode(), "net_v1": NET_V1.encode(), "solver": SOLVER.encode()}
+    seeds = {"net": NET.encode(), "net_v1": NET_V1.encode(),
+             "solver": SOLVER.replace("DATA", DUMMY_DATA).encode()}
     rng = np.random.default_rng(0)
     # Weights of the net, modern and V1.
     net = sppcaffe.Net(write(work, "net_seed.prototxt", seeds["net"]), sppcaffe.TEST)
@@ -149,15 +157,6 @@ def make_seeds(work):
         for shape in shapes:
             io.array_to_blob(rng.standard_normal(shape).astype(np.float32), layer.blobs.add())
     seeds["caffemodel_v1"] = v1.SerializeToString()
-    # A solver state (with its weights file and sidecar) of the solver seed.
-    solver = sppcaffe.get_solver(write(work, "solver_seed.prototxt", seeds["solver"]))
-    solver.step(2)
-    model, state = solver.snapshot()
-    seeds["solverstate"] = read(work, state)
-    seeds["rng_sidecar"] = read(work, state + ".rng")
-    # A mean file.
-    mean = io.array_to_blob(rng.uniform(0, 255, (1, 3, 5, 5)).astype(np.float32))
-    seeds["binaryproto"] = mean.SerializeToString()
     # Images: a list of them, and the images' own bytes.
     os.makedirs(os.path.join(work, "images", "sub dir"), exist_ok=True)
     for name, shape in (("a.png", (6, 6, 3)), ("b.jpg", (7, 4, 3)), ("sub dir/c.png", (6, 6))):
@@ -166,6 +165,18 @@ def make_seeds(work):
     seeds["image_list"] = b"a.png 0\nb.jpg 1\nsub dir/c.png 2\n"
     seeds["png"] = read(work, "images/a.png")
     seeds["jpeg"] = read(work, "images/b.jpg")
+    # A solver state (with its weights file and sidecar) of a solver reading images.
+    images = IMAGE_DATA.replace("{list}", write(work, "image_seed_list.txt", seeds["image_list"]))
+    images = images.replace("{root}", os.path.join(work, "images") + os.sep)
+    solver = sppcaffe.get_solver(write(work, "solver_seed.prototxt",
+                                       SOLVER.replace("DATA", images).encode()))
+    solver.step(3)
+    model, state = solver.snapshot()
+    seeds["solverstate"] = read(work, state)
+    seeds["rng_sidecar"] = read(work, state + ".rng")
+    # A mean file.
+    mean = io.array_to_blob(rng.uniform(0, 255, (1, 3, 5, 5)).astype(np.float32))
+    seeds["binaryproto"] = mean.SerializeToString()
     # Datum values: raw bytes, float_data, an encoded PNG.
     raw = array_to_datum(rng.integers(0, 256, (3, 6, 6), dtype=np.uint8), label=2)
     floats = array_to_datum(rng.standard_normal((1, 6, 6)).astype(np.float32), label=1)
@@ -312,7 +323,7 @@ def check_solverstate(data, work):
     from sppcaffe.proto import caffe_pb2
     path = write(work, "fuzzed.solverstate", data)
     solver = _seed_solver(work)
-    model = os.path.join(work, "solver_seed_iter_2.caffemodel")
+    model = os.path.join(work, "solver_seed_iter_3.caffemodel")
     if outcome(lambda: solver.restore(path) or True, [path, model]) is None:
         return
     state = caffe_pb2.SolverState.FromString(data)
@@ -321,7 +332,7 @@ def check_solverstate(data, work):
 
 def check_rng_sidecar(data, work):
     state = os.path.join(work, "fuzzed_rng.solverstate")
-    shutil.copyfile(os.path.join(work, "solver_seed_iter_2.solverstate"), state)
+    shutil.copyfile(os.path.join(work, "solver_seed_iter_3.solverstate"), state)
     path = write(work, "fuzzed_rng.solverstate.rng", data)
     outcome(lambda: _seed_solver(work).restore(state), [path])
 
@@ -352,14 +363,15 @@ def _run_data_net(kind, param, names, data="", transform=""):
                                        sppcaffe.TRAIN), names)
     if net is None:
         return
-    batch = net.layers[0].param
-    batch_size = (batch.data_param.batch_size or batch.image_data_param.batch_size
-                  or batch.window_data_param.batch_size)
+    field = {"Data": "data_param", "ImageData": "image_data_param",
+             "WindowData": "window_data_param"}[kind]
+    batch_size = getattr(net.layers[0].param, field).batch_size
     try:
         for _ in range(3):
             if outcome(lambda: net.forward(), names) is None:
                 return
-            assert net.blobs["data"].shape[0] == net.blobs["label"].shape[0] == batch_size
+            shapes = (net.blobs["data"].shape, net.blobs["label"].shape)
+            assert shapes[0][0] == shapes[1][0] == batch_size, (shapes, batch_size)
     finally:
         net.close()
 

@@ -6,8 +6,10 @@ memory after must be the capture's bit for bit -- except for kernels
 declared atomic-accumulating, which get the reordered sums' rounding.
 
 A kernel no case launches fails ``test_every_kernel_is_captured``: add a
-case to CASES (or SOLVERS / FILLS) when adding a kernel."""
-from dataclasses import dataclass, field
+case to CASES (or SOLVERS, run_fills) with a new kernel.  The whole GPU
+test suite can run in one of the orders too: SPPCAFFE_HOST_ORDER=parallel
+(host_device.py)."""
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -46,8 +48,9 @@ def rois(count, batch, height, width, scale=1.0):
     def make(rng):
         boxes = np.zeros((count, 5))
         boxes[:, 0] = rng.integers(0, batch, count)
+        # Two corners sorted per coordinate: (x1, y1) then (x2, y2).
         corners = np.sort(rng.uniform(-2, max(height, width) + 2, (count, 2, 2)), axis=1) / scale
-        boxes[:, 1:] = np.round(corners.transpose(0, 2, 1).reshape(count, 4)[:, [0, 2, 1, 3]])
+        boxes[:, 1:] = np.round(corners.reshape(count, 4))
         return boxes
     return make
 
@@ -60,7 +63,6 @@ class Case:
     tops: int = 1
     down: list = None           # propagate_down; every bottom by default
     phase: int = caffe_pb2.TRAIN
-    extra: dict = field(default_factory=dict)
 
     def run(self, rng):
         layer = create_layer(layer_param(f'name: "{self.name}" {self.text}'), self.phase)
@@ -113,7 +115,7 @@ CASES = [
     Case("tile", 'type: "Tile" tile_param { axis: 1 tiles: 3 }', [(2, 3, 4)]),
     Case("reindex", 'type: "BatchReindex"', [(4, 3, 2), fixed([3, 0, 3, 1, 3, 2])],
          down=[True, False]),
-    Case("filter", 'type: "Filter"', [(5, 2, 3), (5, 4), fixed(np.reshape([1, 0, 1, 1, 0], (5, 1)))],
+    Case("filter", 'type: "Filter"', [(5, 2, 3), (5, 4), fixed([[1], [0], [1], [1], [0]])],
          tops=2, down=[True, True, False]),
     # embed.cu, recurrent.cu
     Case("embed", f'type: "Embed" embed_param {{ num_output: 5 input_dim: 7 {FILLERS} }}',
@@ -282,6 +284,12 @@ extern "C" __global__ void toy_racy_total(int n, const float* x, float* total) {
     *total += x[i];
   }
 }
+// The same with a real atomic: exact for integer values, in any order.
+extern "C" __global__ void toy_atomic_total(int n, const float* x, float* total) {
+  CUDA_KERNEL_LOOP(i, n) {
+    atomicAdd(total, x[i]);
+  }
+}
 // `break` ends the simulated thread's loop, as on a GPU.
 extern "C" __global__ void toy_break(int n, int stop, float* x) {
   CUDA_KERNEL_LOOP(i, n) {
@@ -360,9 +368,8 @@ def _floats(device, values):
     return memory
 
 
-@pytest.mark.parametrize("toy, orders", [("toy_running_sum", REORDERED),
-                                         ("toy_racy_total", REORDERED)])
-def test_an_order_dependent_kernel_is_caught(toys, toy, orders):
+@pytest.mark.parametrize("toy", ["toy_running_sum", "toy_racy_total"])
+def test_an_order_dependent_kernel_is_caught(toys, toy):
     """The replay test's own check, on kernels that are wrong on a GPU."""
     rng = np.random.default_rng(0)
     n = 50_000
@@ -373,7 +380,7 @@ def test_an_order_dependent_kernel_is_caught(toys, toy, orders):
     args = (n, x.ptr) if toy == "toy_running_sum" else (n, x.ptr, total.ptr)
     kernel(n, *args)
     (capture,) = capturing.captures[toy]
-    for order in orders:
+    for order in REORDERED:
         device = HostDevice(order=order, seed=3)
         found = differences(capture, replay(capture, device, device.kernels_in(toys)[toy]), order)
         assert found and f"{toy} (from ?, count {n}), {order} order" in found[0]
@@ -389,3 +396,38 @@ def test_environment_picks_the_order(monkeypatch):
         HostDevice()
     with pytest.raises(ValueError, match="HostDevice order 'sideways'"):
         HostDevice(order="sideways")
+
+
+def test_atomics_are_real_and_their_rounding_is_tolerated_when_declared(toys):
+    n = 50_000
+    ones = np.ones(n, np.float32)
+    for workers in (2, 4):
+        device = HostDevice(order="parallel", workers=workers)
+        x, total = _floats(device, ones), _floats(device, [0.0])
+        device.kernels_in(toys)["toy_atomic_total"](n, n, x.ptr, total.ptr)
+        assert _read(device, total, np.float32, 1)[0] == n      # no update lost
+
+    capturing = CapturingDevice()
+    x = _floats(capturing, np.random.default_rng(1).uniform(0, 1, n))
+    total = _floats(capturing, [0.0])
+    capturing.kernels_in(toys)["toy_atomic_total"](n, n, x.ptr, total.ptr)
+    (capture,) = capturing.captures["toy_atomic_total"]
+    device = HostDevice(order="reversed")
+    memory = replay(capture, device, device.kernels_in(toys)["toy_atomic_total"])
+    assert differences(capture, memory, "reversed", atomic=False)     # other last bits
+    assert not differences(capture, memory, "reversed", atomic=True)
+
+
+def test_atomic_accumulating_is_read_from_the_comment_right_above(tmp_path):
+    from sppcaffe.backends.gpu.sources import atomic_accumulating, atomic_accumulating_kernels
+    path = tmp_path / "marks.cu"
+    path.write_text('''// atomic-accumulating: not this one, code comes between
+int unrelated;
+extern "C" __global__ void plain(int n) {}
+// Sums rows.
+// atomic-accumulating: float adds in launch order.
+//
+extern "C" __global__ void summed(int n) {}
+''')
+    assert atomic_accumulating(path) == {"summed"}
+    assert "embed_backward" in atomic_accumulating_kernels()

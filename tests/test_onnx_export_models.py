@@ -176,7 +176,8 @@ SLOW_COMMUNITY = {"fcn8s", "rcnn_deploy"}
 
 
 def _zoo_fill():
-    spec = importlib.util.spec_from_file_location("zoo_fill", os.path.join(COMMUNITY, "zoo_fill.py"))
+    spec = importlib.util.spec_from_file_location("zoo_fill",
+                                                  os.path.join(COMMUNITY, "zoo_fill.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -211,6 +211,33 @@ def test_matches_caffe_loops(pool, shape, kernel, stride, pad, ceil_mode):
     np.testing.assert_allclose(backward(layer, bottom, top, dy), dx_ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape, kernel, stride, pad, ceil_mode", [
+    ((2, 3, 7, 10), (3, 3), (2, 2), (1, 1), True),
+    ((1, 2, 9, 6), (3, 2), (2, 3), (0, 1), True),
+    ((2, 1, 6, 9), (4, 3), (1, 2), (2, 0), False),
+    ((1, 2, 5, 5), (3, 3), (3, 3), (1, 1), True),
+])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_max_without_argmax_matches_caffe_loops(monkeypatch, shape, kernel, stride, pad,
+                                                ceil_mode, threads):
+    """The flat-window path (TEST nets' MAX), in blocks of one plane on
+    several threads, and whole."""
+    import sppcaffe.im2col as im2col_module
+    import sppcaffe.layers.pooling as pooling_module
+    rng = np.random.default_rng(6)
+    x = np.round(rng.standard_normal(shape), 1).astype(np.float32)
+    out = tuple(pooled_size(s, k, st, p, ceil_mode, pad != (0, 0))
+                for s, k, st, p in zip(shape[2:], kernel, stride, pad))
+    y_ref, _ = caffe_reference(x, kernel, stride, pad, out, True, np.zeros(shape[:2] + out))
+    whole, _ = max_pool_forward(x, kernel, stride, pad, out, with_argmax=False)
+    monkeypatch.setattr(pooling_module, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(im2col_module, "_MIN_PARALLEL_ELEMENTS", 1)
+    monkeypatch.setattr(im2col_module, "_WORKERS", threads)
+    blocked, _ = max_pool_forward(x, kernel, stride, pad, out, with_argmax=False)
+    np.testing.assert_array_equal(whole, y_ref.astype(np.float32))
+    np.testing.assert_array_equal(blocked, whole)
+
+
 def test_module_functions_work_without_a_layer():
     x = distinct((2, 3, 6, 7))
     y, argmax = max_pool_forward(x, (3, 3), (2, 2), (1, 1), (3, 4))

@@ -28,6 +28,7 @@ import sys
 
 from .. import io
 from ..io.atomic import write_problem
+from ..net import WeightsError
 from ..proto import caffe_pb2
 from ..solvers import get_solver
 from ..solvers.signals import ACTIONS, SNAPSHOT, STOP
@@ -186,8 +187,20 @@ def copy_weights(solver, weights, allow_unmatched=False):
             continue
         require_file(model, "weights")
         log.info("Finetuning from %s", model)
-        for net in [solver.net] + list(solver.test_nets):
-            net.copy_from(model, allow_unmatched=allow_unmatched)
+        with unmatched_weights_hint():
+            for net in [solver.net] + list(solver.test_nets):
+                net.copy_from(model, allow_unmatched=allow_unmatched)
+
+
+@contextlib.contextmanager
+def unmatched_weights_hint():
+    """Weights that fill nothing: say which flag accepts them anyway."""
+    try:
+        yield
+    except WeightsError as err:
+        err.add_note("--allow-unmatched-weights starts training from them anyway (e.g. a net "
+                     "whose layers were all renamed for fine-tuning)")
+        raise
 
 
 # ---------------------------------------------------------------------------
@@ -198,10 +211,11 @@ def train(args):
     if args.gpu is None:
         solver_device(param, args.solver)
     make_snapshot_folder(param, plots=not args.no_plot)
-    solver = get_solver(param, sigint_effect=args.sigint_effect,
-                        sighup_effect=args.sighup_effect, source=args.solver,
-                        allow_nan=args.allow_nan,
-                        allow_unmatched_weights=args.allow_unmatched_weights)
+    with unmatched_weights_hint():          # the solver file's `weights`
+        solver = get_solver(param, sigint_effect=args.sigint_effect,
+                            sighup_effect=args.sighup_effect, source=args.solver,
+                            allow_nan=args.allow_nan,
+                            allow_unmatched_weights=args.allow_unmatched_weights)
     with blas_threads(args.threads, solver.net):
         run_solver(solver, param, args)
     return 0

@@ -73,6 +73,11 @@ class DBBatchReader(BatchReader):
         data = self.transformer.transform(items, epoch, names)
         return Batch([data, labels][:self.num_top], epoch, self.transformer.size(epoch))
 
+    def skip(self, count):
+        """Pass over `count` records without decoding them (other ranks'
+        share under MPI, sppcaffe/parallel/sharding.py)."""
+        self.db.skip(count)
+
     def cursor_state(self):
         # The key of the next record: the position survives records being
         # appended, and seeking to it is a B-tree lookup.

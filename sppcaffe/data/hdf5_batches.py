@@ -123,6 +123,16 @@ class HDF5BatchReader(BatchReader):
                 self._end_of_file()
         return Batch(out, epoch, None)
 
+    def skip(self, count):
+        """Pass over `count` rows without copying them (other ranks' share
+        under MPI, sppcaffe/parallel/sharding.py)."""
+        while count > 0:
+            take = min(count, len(self.row_order) - self.row)
+            self.row += take
+            count -= take
+            if self.row == len(self.row_order):
+                self._end_of_file()
+
     def cursor_state(self):
         return {"source": self.source, "files": len(self.files), "file_order": self.file_order,
                 "current_file": self.current_file, "row_order": self.row_order,

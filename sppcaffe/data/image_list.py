@@ -94,16 +94,27 @@ class ImageListBatchReader(BatchReader):
             item, labels[i], path = self._read(self.order[self.position])
             items.append(item)
             names.append(path)
-            self.position += 1
-            if self.position == len(self.entries):
-                self.position = 0
-                self.epoch += 1
-                if self.shuffle:
-                    # A new array: the old one may be part of a saved state().
-                    self.order = self.order.copy()
-                    self.rng.shuffle(self.order)
+            self._advance()
         data = self.transformer.transform(items, epoch, names)
         return Batch([data, labels], epoch, self.transformer.size(epoch))
+
+    def _advance(self):
+        """On to the next image of the order; past the last, a new epoch
+        (reshuffled with `shuffle`)."""
+        self.position += 1
+        if self.position == len(self.entries):
+            self.position = 0
+            self.epoch += 1
+            if self.shuffle:
+                # A new array: the old one may be part of a saved state().
+                self.order = self.order.copy()
+                self.rng.shuffle(self.order)
+
+    def skip(self, count):
+        """Pass over `count` images without reading them (other ranks'
+        share under MPI, sppcaffe/parallel/sharding.py)."""
+        for _ in range(count):
+            self._advance()
 
     def cursor_state(self):
         return {"source": self.source, "images": len(self.entries), "order": self.order,

@@ -184,7 +184,7 @@ class WindowBatchReader(BatchReader):
         for path, (channels, _, _) in self.images:
             if channels != 3:
                 raise self.error(f"images are read in colour (3 channels), but the window "
-                                 f"file lists '{path}' with {channels}")
+                                 f"file '{wp.source}' lists '{path}' with {channels}")
         self.num_fg = int(F32(self.batch_size) * F32(wp.fg_fraction))
         for count, windows, kind in ((self.num_fg, self.fg, "foreground"),
                                      (self.batch_size - self.num_fg, self.bg, "background")):
@@ -251,7 +251,8 @@ class WindowBatchReader(BatchReader):
                         self._image(index), window[X1:Y2 + 1], self.crop_size,
                         self.context_pad, self.square, mirror)
                 except DataError as err:
-                    raise self.error(f"image '{self.images[index][0]}': {err}") from None
+                    raise self.error(f"image '{self.images[index][0]}' (listed in window file "
+                                     f"'{self.source}'): {err}") from None
                 self._store(out[item], to_chw(warped), pad_h, pad_w)
                 labels[item] = window[LABEL]
                 item += 1

@@ -31,11 +31,12 @@ is complete, and extraction resumes by skipping those.
 """
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
 
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, remove_stale_temps
 from .boxes import as_boxes, pairwise_iou
 
 META_FILE = "meta.json"
@@ -189,17 +190,7 @@ def remove_temporaries(folder, suffix=SUFFIX):
     """Delete the temporary files (``<name><suffix>.<random>.tmp``) that a
     killed run left in `folder`; their number.  Only for a folder no other
     run is writing to at the same time."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        return 0
-    stale = [name for name in os.listdir(folder)
-             if name.endswith(".tmp") and f"{suffix}." in name]
-    for name in stale:
-        try:
-            os.unlink(os.path.join(folder, name))
-        except FileNotFoundError:
-            pass
-    return len(stale)
+    return len(remove_stale_temps(folder, ".+" + re.escape(suffix)))
 
 
 def image_ids(cache_dir):

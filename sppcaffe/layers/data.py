@@ -14,6 +14,7 @@ from ..data.prefetch import Prefetcher, SynchronousBatches
 from ..data.window_file import WindowBatchReader
 from ..fillers import fill
 from ..layer import Layer, register
+from ..parallel.sharding import shard_reader
 from ..proto import caffe_pb2
 
 _log = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ class ExternalDataLayer(Layer):
             return
         reader = self.make_reader(top)
         try:
+            # Under MPI, this rank's share of the batches (parallel/sharding.py).
+            reader = shard_reader(reader, self.phase, self.name)
             for t, shape in zip(top, reader.top_shapes()):
                 t.reshape(shape)
             self.current_size = reader.size(0)

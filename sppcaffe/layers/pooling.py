@@ -22,6 +22,8 @@ same file through sppcaffe.layers.window_pool_device.
 import numpy as np
 
 from ..backends import gpu
+from ..flat_windows import FlatWindows, blocks, scratch
+from ..im2col import split_parallel
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..spp_geometry import ceil_div, pooled_size, uniform_bins
@@ -108,6 +110,37 @@ def _single_window(x, kernel, pad):
                      w0:min(x.shape[3], kernel[1] - pad[1])]
 
 
+# Without argmax, MAX and AVE's sums run in sppcaffe.flat_windows' layout
+# instead: each kernel offset is one contiguous range per plane there, where
+# the phases above cost NumPy a call per row.
+_BLOCK_BYTES = 1 << 20
+
+
+def _combine_windows(x, kernel, stride, pad, out_shape, y, combine, fill):
+    """y = combine (np.maximum, np.add) over each window's cells in
+    Caffe's scan order, `fill` outside the input; on blocks of planes,
+    across threads."""
+    n, c, h, w = x.shape
+    windows = FlatWindows((h, w), kernel, stride, pad, (1, 1), out_shape)
+    planes = x.reshape(n * c, h, w)
+    target = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
+    out = target.reshape((n * c,) + tuple(out_shape))
+    block = max(1, _BLOCK_BYTES // (4 * (windows.phase_size + windows.length)))
+
+    def task(lo, hi):
+        for start, stop in blocks(lo, hi, block):
+            src = windows.split(planes[start:stop], fill)
+            acc = scratch("acc", (stop - start, windows.length))
+            np.copyto(acc, windows.view(src, 0))
+            for tap in range(1, len(windows.taps)):
+                combine(acc, windows.view(src, tap), out=acc)
+            np.copyto(out[start:stop], windows.crop(acc))
+
+    split_parallel(task, n * c, y.size * len(windows.taps))
+    if target is not y:
+        y[...] = target
+
+
 def max_pool_forward(x, kernel, stride, pad, out_shape, out=None, argmax=None, ws=None,
                      with_argmax=True):
     """Caffe MAX pooling.  Returns (y, argmax): argmax[n, c, ph, pw] is the plane
@@ -123,12 +156,7 @@ def max_pool_forward(x, kernel, stride, pad, out_shape, out=None, argmax=None, w
             win = _single_window(x, kernel, pad)[2]
             np.max(win.reshape(n, c, -1), axis=2, out=y.reshape(n, c))
             return y, None
-        phases = _split_phases(x, kernel, stride, pad, out_shape, -np.inf, ws or Workspace())
-        for number, (_, phase, window) in enumerate(_offsets(kernel, stride, out_shape)):
-            if number == 0:
-                np.copyto(y, phases[phase][window])
-            else:
-                np.maximum(y, phases[phase][window], out=y)
+        _combine_windows(x, kernel, stride, pad, out_shape, y, np.maximum, -np.inf)
         return y, None
     arg = np.empty(shape, np.int32) if argmax is None else argmax
     if tuple(out_shape) == (1, 1):
@@ -196,12 +224,7 @@ def ave_pool_forward(x, kernel, stride, pad, out_shape, out=None, ws=None):
     if tuple(out_shape) == (1, 1):
         y[...] = _single_window(x, kernel, pad)[2].sum(axis=(2, 3), keepdims=True)
     else:
-        phases = _split_phases(x, kernel, stride, pad, out_shape, 0, ws or Workspace())
-        for number, (_, phase, window) in enumerate(_offsets(kernel, stride, out_shape)):
-            if number == 0:
-                np.copyto(y, phases[phase][window])
-            else:
-                np.add(y, phases[phase][window], out=y)
+        _combine_windows(x, kernel, stride, pad, out_shape, y, np.add, 0.0)
     np.divide(y, _pool_sizes(x.shape, kernel, stride, pad, out_shape), out=y)
     return y
 

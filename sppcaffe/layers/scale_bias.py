@@ -173,6 +173,7 @@ class ScaleLayer(_BroadcastLayer):
             self._setup_bias(bottom, top)
         self.param_propagate_down = [True] * len(self.blobs)
         self._saved = Workspace()           # the bottom, when in place
+        self._x_saved = False
         self._scratch = Workspace()
         self._device = gpu.Workspace()
 
@@ -225,8 +226,10 @@ class ScaleLayer(_BroadcastLayer):
     # ---- host ------------------------------------------------------------
     def forward(self, bottom, top):
         x = bottom[0].data
-        if top[0] is bottom[0]:
-            # Backward needs the input, which this forward overwrites.
+        # Backward needs the input, which this forward overwrites in place;
+        # not worth a copy when the net never runs backward.
+        self._x_saved = top[0] is bottom[0] and not self.forward_only
+        if self._x_saved:
             np.copyto(self._saved.like(x, "x"), x)
         s = self.operand_column(self.operand(bottom).data)
         np.multiply(self.view3(x), s, out=self.view3(top[0].data))
@@ -238,6 +241,9 @@ class ScaleLayer(_BroadcastLayer):
         dy = top[0].diff
         scale = self.operand(bottom)
         if self._wants_scale_grad(propagate_down, bottom):
+            if top[0] is bottom[0] and not self._x_saved:
+                raise self.error("the scale gradient needs the input, which the last "
+                                 "forward (in place, in a net not running backward) did not keep")
             x = self._saved.like(dy, "x") if top[0] is bottom[0] else bottom[0].data
             product = np.multiply(dy, x, out=self._scratch.like(dy, "product"))
             sums = broadcast_sums(product, self.outer, self.dim, self.inner)

@@ -190,9 +190,10 @@ class _Exporter:
             info = self._shape_info(name)
             info.name = value
             outputs.append(info)
-        # A data layer's top that nothing reads (a label, when only the scores
-        # are exported) is not an input: the runtime would demand it.
-        read = _read_names(self.g.nodes) | {o.name for o in outputs}
+        # Only what the outputs depend on: a data layer's top that nothing
+        # reads (a label, when only the scores are exported) is no input, as
+        # the runtime would demand it; helpers may leave unused values.
+        read = self.g.keep_needed([o.name for o in outputs])
         inputs = [info for info in self.graph_inputs if info.name in read]
         graph = self.g.to_proto(self.net.name or "net", inputs, outputs)
         model = helper.make_model_gen_version(
@@ -219,17 +220,6 @@ class _Exporter:
             with open(path, "wb") as f:
                 f.write(data)
         return model
-
-
-def _read_names(nodes):
-    """Every value name the nodes (and their subgraphs) read."""
-    names = set()
-    for node in nodes:
-        names.update(node.input)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                names |= _read_names(attr.g.node)
-    return names
 
 
 def _version():

@@ -8,7 +8,7 @@ by every subgraph (ONNX lets a Loop body read outer-scope values), and
 small ones are made once per value.
 """
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import AttributeProto, TensorProto, helper
 
 INT64_MAX = np.iinfo(np.int64).max
 # Constants at most this size are made once per distinct value.
@@ -158,6 +158,20 @@ class Graph:
     def to_float(self, x):
         return self.cast(x, TensorProto.FLOAT)
 
+    # ---- finishing -------------------------------------------------------
+    def keep_needed(self, outputs):
+        """Drop the nodes and constants that `outputs` do not depend on;
+        returns every name still read (or output)."""
+        needed, kept = set(outputs), []
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                kept.append(node)
+                needed |= _read_names([node])
+        self.nodes[:] = kept[::-1]
+        self.initializers = [(n, a) for n, a in self.initializers if n in needed]
+        self.initializer_bytes = sum(a.nbytes for _, a in self.initializers)
+        return needed
+
     # ---- subgraphs -------------------------------------------------------
     def subgraph(self):
         """A graph for a Loop body: same namespace, constants in the main graph."""
@@ -174,3 +188,14 @@ class Graph:
             tensor.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"),
                                                                  copy=False).tobytes()
         return graph
+
+
+def _read_names(nodes):
+    """Every value name the nodes (and their subgraphs) read."""
+    names = set()
+    for node in nodes:
+        names.update(node.input)
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                names |= _read_names(attr.g.node)
+    return names

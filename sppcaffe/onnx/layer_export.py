@@ -54,7 +54,8 @@ class LayerExport:
             if transform is not None:
                 array = np.asarray(transform(array), np.float32)
             hint = blob.name or f"{self.name}/{index}"
-            self._weights[key] = self.g.initializer(array, hint + (f"/{variant}" if variant else ""))
+            suffix = f"/{variant}" if variant else ""
+            self._weights[key] = self.g.initializer(array, hint + suffix)
         return self._weights[key]
 
     def graph_input(self, top_index):

@@ -17,10 +17,18 @@ def random_feeds(net, model, seed=0):
     feeds = {}
     for info in model.graph.input:
         shape = net.blobs[info.name].shape
-        classes = num_classes(net, info.name)
+        classes = num_classes(net, info.name) or _embedding_rows(net, info.name)
         feeds[info.name] = (rng.integers(0, classes, shape).astype(np.float32) if classes
                             else rng.standard_normal(shape, dtype=np.float32))
     return feeds
+
+
+def _embedding_rows(net, name):
+    """The table size of an Embed layer reading blob `name` (word indices), or None."""
+    for layer, bottoms in zip(net.layers, net.bottom_vecs):
+        if layer.type == "Embed" and bottoms[0].name == name:
+            return layer.input_dim
+    return None
 
 
 def run_onnx(model, feeds):

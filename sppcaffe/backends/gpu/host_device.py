@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import GPUUnavailable
 from .device import Allocation, Device, launch_grid
-from .sources import COMMON_HEADER, HOST_SHIM, KERNEL_DIR, parse_signatures
+from .sources import HOST_SHIM, KERNEL_DIR, parse_signatures
 
 CXX_FLAGS = ["-O2", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math", "-x", "c++"]
 EMULATION_FLAGS = ["-fopenmp", "-DSPPCAFFE_EMULATE"]
@@ -80,7 +80,8 @@ class HostDevice(Device):
                                      f"{', '.join(ORDERS)}")
         if order not in ORDERS:
             raise ValueError(f"HostDevice order {order!r}: expected one of {', '.join(ORDERS)}")
-        self.compiler, self.order, self.seed, self.workers = compiler, order, int(seed), int(workers)
+        self.compiler, self.order = compiler, order
+        self.seed, self.workers = int(seed), int(workers)
         self.emulated = order != "natural"
         self.launches = 0
         suffix = "" if order == "natural" else f", {order} order"
@@ -100,7 +101,10 @@ class HostDevice(Device):
                               for name in parse_signatures(path))
             source = f'#include "{path.resolve()}"\n{exports}'
         digest = hashlib.sha256()
-        for part in (HOST_SHIM, COMMON_HEADER, path):
+        # Every header of the kernel folder (labels.cuh, ...), not only the
+        # ones this file includes: a stale build must never be reused.
+        headers = sorted(KERNEL_DIR.glob("*.cuh")) + sorted(KERNEL_DIR.glob("*.h"))
+        for part in (*headers, path):
             digest.update(Path(part).read_bytes())
         digest.update(" ".join([self.compiler] + flags).encode())
         if source is not None:

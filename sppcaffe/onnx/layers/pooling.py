@@ -14,8 +14,9 @@ keeps Caffe's numbers in each:
   picks the one that equals Caffe's divisors, or, where neither does (a
   window reaching past the padding), the second and a constant correction.
 - With a dynamic input size the window count is not known when the graph
-  is written, and runtimes disagree on ceil_mode (ONNX Runtime before 1.2x
-  does not drop the window that starts in the padding): the graph computes
+  is written, and runtimes disagree on ceil_mode (ONNX Runtime 1.20's
+  AveragePool keeps the window that starts in the padding, 1.32's drops
+  it; ONNX states the rule from opset 22 on): the graph computes
   Caffe's count and the end pad from the input's shape, pads the input
   explicitly (Pad with -inf or 0: pads may be tensors there, not in the
   pooling operators) and pools without pads in floor mode; AVE's sums are
@@ -32,6 +33,11 @@ from onnx import TensorProto
 
 from ... import spp_geometry as geometry
 from ..registry import converter
+
+
+def _arith(g, name, a, b):
+    """An int64 binary op on tensors, an int being made a constant."""
+    return g.node(name, [a, b if isinstance(b, str) else g.ints([b])])
 
 
 # ---- uniform windows ------------------------------------------------------------
@@ -91,10 +97,10 @@ def pool_windows_dynamic(g, value, is_max, kernel, stride, pad, ceil_mode):
     """Caffe's Pooling on an (N, C, H, W) value whose H and W are read from
     its shape: pooled_size's count, explicit padding, floor-mode pooling."""
     def op(name, a, b):
-        return g.node(name, [a, b if isinstance(b, str) else g.ints([b])])
+        return _arith(g, name, a, b)
 
     any_pad = any(pad)          # Caffe applies the drop rule to both axes or neither
-    begins, ends, counts, divisors = [], [], [], []
+    begins, ends, divisors = [], [], []
     for axis, k, s, p in zip((2, 3), kernel, stride, pad):
         size = g.shape(value, axis, axis + 1)
         span = op("Sub", op("Add", size, 2 * p), k)
@@ -109,7 +115,6 @@ def pool_windows_dynamic(g, value, is_max, kernel, stride, pad, ceil_mode):
                                          size), p), 0)
         begins.append(p)
         ends.append(end)
-        counts.append(count)
         if not is_max:
             # Caffe's divisor: each window clipped to the padded input
             starts = op("Sub", op("Mul", g.node("Range", [g.scalar_int(0), g.squeeze(count, [0]),
@@ -165,7 +170,7 @@ def dynamic_bins(g, method, size, n):
     i = g.ints(np.arange(n), "bin_index")
 
     def op(name, a, b):
-        return g.node(name, [a, b if isinstance(b, str) else g.ints([b])])
+        return _arith(g, name, a, b)
 
     if method == geometry.ADAPTIVE:
         # [floor(i*a/n), ceil((i+1)*a/n))

@@ -34,8 +34,7 @@ def uniform_window(method, size, n, bins):
     else:
         kernel, pad = int(bins.ends[0] - bins.starts[0]), 0
         stride = int(bins.starts[1] - bins.starts[0]) if n > 1 else 1
-    if stride < 1 or (n - 1) * stride - pad >= size or \
-            (n - 1) * stride + kernel - size - pad >= kernel:
+    if stride < 1 or (n - 1) * stride - pad >= size:     # a window outside the map
         return None
     window = geometry.uniform_bins(size, kernel, stride, pad, n)
     same = all(np.array_equal(a, b) for a, b in zip(window, bins))

@@ -100,9 +100,12 @@ def crop(x):
     """Slice bottom 0 at the layer's offsets to bottom 1's size (read from
     bottom 1 where it is dynamic)."""
     layer = x.layer
-    axes = [a for a, (o, size, kept) in enumerate(zip(layer.offsets, x.top_shapes[0],
-                                                      x.bottom_shapes[0]))
-            if o or size != kept or x.is_dynamic(1, [a])]
+    shape = x.bottom_shapes[0]
+    start = canonical_axis(layer, layer.param.crop_param.axis, shape)
+    # the cropped axes that change: moved, cut, or following the inputs
+    axes = [a for a in range(start, len(shape))
+            if layer.offsets[a] or x.top_shapes[0][a] != shape[a] or x.is_dynamic(0, [a])
+            or x.is_dynamic(1, [a])]
     if not axes:
         return x.inputs[0]
     starts = [layer.offsets[a] for a in axes]
