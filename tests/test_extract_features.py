@@ -192,13 +192,14 @@ def test_spp_subcommand_writes_the_cache_and_resumes(tmp_path, tiny_voc, capsys)
                                extractor(dataset.read_image(image_id), record["boxes"]).feat,
                                rtol=1e-5, atol=1e-6)
     capsys.readouterr()
-    # A second run computes nothing; a stale temporary file of a killed run is removed.
-    (out / f"{image_id}.npz.k1ll3d_.tmp").write_bytes(b"partial")
+    # A second run computes nothing; a stale temporary file of a killed run (named as
+    # atomic_write names it: 8 random characters) is removed.
+    (out / f"{image_id}.npz.k1ll3d_0.tmp").write_bytes(b"partial")
     assert tool.main(spp_args(tiny_voc, proto, weights, out, "--max-boxes", "50")) == 0
     err = capsys.readouterr().err
     n = len(dataset)
     assert f"{n} of {n} images already cached" in err and "0 images computed" in err
-    assert not (out / f"{image_id}.npz.k1ll3d_.tmp").exists()
+    assert not (out / f"{image_id}.npz.k1ll3d_0.tmp").exists()
     # Other settings in the same folder are refused, naming what differs.
     assert tool.main(spp_args(tiny_voc, proto, weights, out, "--max-boxes", "50",
                               "--mapping", "released")) == 1

@@ -296,9 +296,11 @@ def leave_temp_file(path):
 def test_a_killed_snapshot_writes_temp_file_is_removed_by_the_next_run(tmp_path):
     prefix = str(tmp_path / "run")
     stale = [leave_temp_file(f"{prefix}_iter_5.solverstate"),
-             leave_temp_file(f"{prefix}_iter_5.caffemodel.h5")]
+             leave_temp_file(f"{prefix}_iter_5.caffemodel.h5"),
+             leave_temp_file(f"{prefix}_training.csv")]
     kept = [tmp_path / "other_iter_5.solverstate.abcd1234.tmp",     # another run's
             tmp_path / "run_iter_5.solverstate.tmp",                # not atomic_write's naming
+            tmp_path / "run_notes.txt.abcd1234.tmp",                # not a file of the run
             tmp_path / "run_notes.txt"]
     for path in kept:
         path.write_text("keep")
@@ -383,8 +385,9 @@ def test_train_net_stops_on_a_diverging_loss_and_allow_nan_goes_on(tmp_path, cap
         layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss" }
         """)
     prefix = str(tmp_path / "d")
-    solver = write(tmp_path / "s.prototxt", SOLVER.format(net=model, prefix=prefix)
-                   .replace("base_lr: 0.01", "base_lr: 1e18").replace("max_iter: 2", "max_iter: 30"))
+    text = SOLVER.format(net=model, prefix=prefix)
+    solver = write(tmp_path / "s.prototxt", text.replace("base_lr: 0.01", "base_lr: 1e18")
+                   .replace("max_iter: 2", "max_iter: 30"))
     code, out = run_tool(train_net, capsys, "--solver", solver, "--no-plot")
     assert code == 1, out
     assert "train_net: error:" in out and "the training loss is" in out and "--allow-nan" in out

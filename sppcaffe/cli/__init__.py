@@ -4,7 +4,7 @@ import contextlib
 import logging
 import os
 
-from .. import backends
+from .. import backends, parallel
 from ..io.atomic import folder_problem, write_problem
 from ..io.files import path_problem
 from ..proto import caffe_pb2
@@ -74,10 +74,15 @@ def select_device(gpu, flag="--gpu"):
     when it is None; a CliError saying why where that cannot be."""
     if gpu is None:
         return False
+    try:
+        gpu = parallel.rank_gpu(gpu, flag)     # over MPI: this rank's id of a list or 'all'
+    except parallel.ParallelError as err:
+        raise CliError(str(err)) from None
     ids = [part.strip() for part in str(gpu).split(",") if part.strip()]
     if str(gpu).strip() == "all" or len(ids) != 1:
-        raise CliError(f"{flag} {gpu}: one GPU at a time (multi-GPU training is not supported); "
-                       "give one id, e.g. --gpu 0")
+        raise CliError(f"{flag} {gpu}: one GPU at a time (multi-GPU training is not supported "
+                       "in one process: run one process per GPU with mpiexec, README); give "
+                       "one id, e.g. --gpu 0")
     try:
         device_id = int(ids[0])
     except ValueError:

@@ -44,7 +44,7 @@ import sys
 import textwrap
 from typing import NamedTuple
 
-from .. import backends
+from .. import backends, parallel
 from . import CliError, device_for, progress, test_net, time_net, train_net
 
 PROG = "caffe"
@@ -297,6 +297,11 @@ def train(flags):
     require(flags, "solver", "Need a solver definition to train")
     if last_value(flags, "snapshot") and last_value(flags, "weights"):
         raise CliError("Give a snapshot to resume training or weights to finetune but not both.")
+    if parallel.world() is not None and last_value(flags, "gpu"):
+        # One process per GPU under mpiexec: this rank's id of the list.
+        args = tool_arguments("train", flags, last_value(flags, "gpu"))
+        with device_for(args.gpu, "-gpu"):
+            return train_net.train(args)
     ids = gpu_ids(last_value(flags, "gpu"))
     if len(ids) > 1:
         raise CliError(f"-gpu {last_value(flags, 'gpu')} names {len(ids)} GPUs: multi-GPU "
@@ -420,6 +425,7 @@ def log_level(flags):
         raise CliError(f"-minloglevel expects 0 (INFO) to 3 (FATAL), got '{value}'") from None
 
 
+@parallel.end_all_on_failure      # under mpiexec: a failing rank stops them all
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

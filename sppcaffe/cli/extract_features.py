@@ -38,12 +38,13 @@ import sys
 
 import numpy as np
 
-from .. import backends
+from .. import backends, parallel
 from ..data.db import LMDBWriter, TRANSACTION_SIZE
 from ..data.errors import DataError
 from ..detection import features, mapping, proposals, voc, window_pool
 from ..layer import LayerError
 from ..net import TEST, Net
+from ..parallel import detection as parallel_detection
 from ..proto import caffe_pb2
 from .progress import configure_logging
 from . import CliError, add_gpu_argument, naming_file, require_file, select_device
@@ -140,6 +141,14 @@ def _load_net(net_path, weights):
     return net
 
 
+def _local_batches(net, blob_names, num_batches):
+    """The arrays of `blob_names` after each of `num_batches` forward passes."""
+    for _ in range(num_batches):
+        net.forward_from_to()
+        # cpu_data: in GPU mode one download, and no upload back.
+        yield [net.blobs[name].cpu_data for name in blob_names]
+
+
 def caffe_extract(argv):
     """Caffe's extract_features; the exit status."""
     weights, net_path, blobs, dbs, num_batches, device_id = _parse_caffe_args(argv)
@@ -148,28 +157,30 @@ def caffe_extract(argv):
     else:
         log.info("Using GPU")
         log.info("Using Device_id=%d", device_id)
-        select_device(device_id, flag="GPU")
-    net = _load_net(net_path, weights)
+        # Under mpiexec: one GPU per local rank, from DEVICE_ID on.
+        select_device(parallel.consecutive_gpus(device_id), flag="GPU")
+    comm = parallel.world()         # several MPI ranks: rank r runs batches r, r + N, ...
+    with contextlib.nullcontext() if comm is None else parallel_detection.batch_shard(comm):
+        net = _load_net(net_path, weights)
     for name in blobs:
         if name not in net.blobs:
             raise CliError(f"Unknown feature blob name {name} in the network {net_path}")
     counts = [0] * len(blobs)
     with contextlib.ExitStack() as stack:
         writers = []
-        for db in dbs:
+        for db in dbs if comm is None or comm.is_root else []:
             log.info("Opening dataset %s", db)
             try:
                 writers.append(stack.enter_context(LMDBWriter(db)))
             except DataError as err:
                 raise CliError(str(err)) from None
         log.info("Extracting Features")
-        for _ in range(num_batches):
-            net.forward_from_to()
-            for i, (name, writer) in enumerate(zip(blobs, writers)):
-                blob = net.blobs[name]
-                chw = legacy_chw(blob.shape)
-                # cpu_data: in GPU mode one download, and no upload back.
-                rows = blob.cpu_data.reshape(blob.shape[0] if blob.shape else 1, -1)
+        batches = (_local_batches(net, blobs, num_batches) if comm is None else
+                   parallel_detection.forward_batches(comm, net, blobs, num_batches))
+        for arrays in batches:
+            for i, (name, writer, array) in enumerate(zip(blobs, writers, arrays)):
+                chw = legacy_chw(array.shape)
+                rows = array.reshape(array.shape[0] if array.shape else 1, -1)
                 for row in rows:
                     writer.put(f"{counts[i]:010d}", feature_datum(row, chw).SerializeToString())
                     counts[i] += 1
@@ -356,8 +367,14 @@ def detection_extract(args):
     log.info("%s features of %d images of %s/%s into %s%s", args.command.upper(), len(ids), root,
              args.split, args.out, "" if args.gpu is None else f" on GPU {args.gpu}")
     progress = not args.no_progress and sys.stderr.isatty()
-    computed, skipped = features.cache_features(dataset, source, extractor, args.out, meta, ids,
-                                                progress=progress, compress=args.compress)
+    comm = parallel.world()         # several MPI ranks: the images split over them
+    if comm is None:
+        computed, skipped = features.cache_features(dataset, source, extractor, args.out, meta,
+                                                    ids, progress=progress,
+                                                    compress=args.compress)
+    else:
+        computed, skipped = parallel_detection.cache_features(
+            comm, dataset, source, extractor, args.out, meta, ids, compress=args.compress)
     log.info("Done: %d images computed, %d already cached, in %s", computed, skipped, args.out)
     return 0
 
@@ -370,6 +387,7 @@ def detection_extract(args):
 USER_ERRORS = (CliError, OSError, ValueError)
 
 
+@parallel.end_all_on_failure      # under mpiexec: a failing rank stops them all
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

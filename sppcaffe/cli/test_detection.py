@@ -24,12 +24,14 @@ import logging
 import os
 import sys
 
+from .. import parallel
 from ..detection import detect, voc
 from ..detection.bbox_regression import BBoxRegressor
 from ..detection.config import DetectionConfigError, load_config
 from ..detection.evaluation import AREA, VOC07
 from ..detection.svm import SVMModel
 from ..io.atomic import atomic_write
+from ..parallel import detection as parallel_detection
 from .progress import run_main
 from . import add_gpu_argument, device_for, require_writable, require_writable_folder
 from .train_svms import CachedSet, CliError, add_config_arguments
@@ -95,14 +97,18 @@ def run(args):
 
 
 def detect_and_evaluate(args):
+    # Several MPI ranks: the images split over them, rank 0 evaluates and
+    # writes (parallel/detection.py).
+    comm = parallel.world()
+    root = comm is None or comm.is_root
     try:
         settings = list(args.set) + ([f"test.nms={args.nms}"] if args.nms is not None else [])
         config = load_config(args.config, settings)
     except DetectionConfigError as err:
         raise CliError(str(err)) from None
-    if args.results:
+    if args.results and root:
         require_writable(args.results, "the results")
-    if args.pictures:
+    if args.pictures and root:
         require_writable_folder(args.pictures, "the pictures")
     data = CachedSet(args.cache, limit=args.limit)
     model = SVMModel.load(args.svms)
@@ -123,9 +129,16 @@ def detect_and_evaluate(args):
     transform = model.transform(config.features.batch_size, args.fc_net, args.fc_weights, ranks)
     scorer = detect.SVMScorer(model, transform)
     runs = {}
-    detections, per_image, seconds = detect.detect_all(
-        data.load, data.image_ids, model.classes, scorer, config.test, regressor,
-        detect.image_sizes(annotations))
+    if comm is None:
+        detections, per_image, seconds = detect.detect_all(
+            data.load, data.image_ids, model.classes, scorer, config.test, regressor,
+            detect.image_sizes(annotations))
+    else:
+        detections, per_image, seconds = parallel_detection.detect_all(
+            comm, data.load, data.image_ids, model.classes, scorer, config.test, regressor,
+            detect.image_sizes(annotations))
+        if not root:
+            return 0
     name = "svm" + (" svd" if ranks else "") + (" bb" if regressor else "")
     runs[name] = detect.evaluate_both(detections, annotations, model.classes)
     log.info("%d images, %.3f s per image (scoring, regression, NMS)", len(data.image_ids),
@@ -153,6 +166,7 @@ def detect_and_evaluate(args):
     return 0
 
 
+@parallel.end_all_on_failure      # under mpiexec: a failing rank stops them all
 def main(argv=None, prog=PROG):
     """`prog` names the command in messages (tools/test_net --detection
     runs this tool under its own name)."""

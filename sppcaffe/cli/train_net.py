@@ -21,14 +21,16 @@ log lines are Caffe's, on stderr.  Conveniences on top:
 """
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
 import sys
 
-from .. import io
+from .. import io, parallel
 from ..io.atomic import write_problem
 from ..net import WeightsError
+from ..parallel import training as parallel_training
 from ..proto import caffe_pb2
 from ..solvers import get_solver
 from ..solvers.signals import ACTIONS, SNAPSHOT, STOP
@@ -207,31 +209,42 @@ def unmatched_weights_hint():
 # Training
 # ---------------------------------------------------------------------------
 def train(args):
+    # Several MPI ranks (mpiexec -n N ...): data-parallel, see parallel/training.py.
+    comm = parallel.world()
     param = solver_parameters(args)
     if args.gpu is None:
         solver_device(param, args.solver)
-    make_snapshot_folder(param, plots=not args.no_plot)
+    parallel_training.root_first(comm, make_snapshot_folder, param,
+                                 plots=not args.no_plot and parallel.is_root())
+    build = get_solver if comm is None else functools.partial(parallel_training.build_solver,
+                                                              comm=comm)
     with unmatched_weights_hint():          # the solver file's `weights`
-        solver = get_solver(param, sigint_effect=args.sigint_effect,
-                            sighup_effect=args.sighup_effect, source=args.solver,
-                            allow_nan=args.allow_nan,
-                            allow_unmatched_weights=args.allow_unmatched_weights)
+        solver = build(param, sigint_effect=args.sigint_effect,
+                       sighup_effect=args.sighup_effect, source=args.solver,
+                       allow_nan=args.allow_nan,
+                       allow_unmatched_weights=args.allow_unmatched_weights)
     with blas_threads(args.threads, solver.net):
-        run_solver(solver, param, args)
+        run_solver(solver, param, args, comm)
     return 0
 
 
-def run_solver(solver, param, args):
-    """Resume or fine-tune, train to max_iter, write the curves."""
+def run_solver(solver, param, args, comm=None):
+    """Resume or fine-tune, train to max_iter, write the curves.  Over
+    MPI (`comm`), rank 0 alone reads the files and writes the curves."""
     curves = progress.TrainingCurves()
-    if args.snapshot:
+    root = comm is None or comm.is_root
+    if args.snapshot and root:
         require_file(args.snapshot, "snapshot")
         log.info("Resuming from %s", args.snapshot)
         solver.restore(args.snapshot)
         curves.keep_earlier(progress.curve_paths(param.snapshot_prefix)[0], solver.iter)
-    elif args.weights:
+    elif args.weights and root:
         copy_weights(solver, args.weights, args.allow_unmatched_weights)
-    solver.add_listener(curves)
+    if comm is not None:
+        data_parallel = parallel_training.DataParallel(solver, comm)
+        data_parallel.start(args.snapshot)
+    if root:
+        solver.add_listener(curves)
     bar = progress.ProgressBar(solver, enabled=sys.stderr.isatty() and not args.no_progress)
     log.info("Starting Optimization")
     try:
@@ -242,6 +255,8 @@ def run_solver(solver, param, args):
             title = f"{solver.net.name} ({os.path.basename(args.solver)})"
             csv_path, png_path = curves.write(param.snapshot_prefix, title)
             log.info("Training curves written to %s and %s", png_path, csv_path)
+    if comm is not None:
+        data_parallel.finish()
 
 
 def is_user_error(err):
@@ -260,7 +275,7 @@ def solver_device(param, source):
         log.info("Use CPU.")
         return
     try:
-        select_device(param.device_id)
+        select_device(parallel.consecutive_gpus(param.device_id))
     except CliError as err:
         log.warning("%s asks for solver_mode GPU, which cannot run here (%s); training on the "
                     "CPU", source, err)
@@ -278,6 +293,7 @@ def run_tool(prog, body, args):
     return progress.run_main(prog, run, args, is_user_error=is_user_error)
 
 
+@parallel.end_all_on_failure      # under mpiexec: a failing rank stops them all
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -20,8 +20,10 @@ import os
 import sys
 import time
 
+from .. import parallel
 from ..detection import bbox_regression, cache, finetune, svm
 from ..detection.config import DetectionConfigError, dump_config, load_config
+from ..parallel import detection as parallel_detection
 from .progress import run_main
 from . import CliError, require_file, require_writable
 
@@ -112,6 +114,10 @@ def _check_file(path, what):
 
 
 def run(args):
+    # Several MPI ranks: the classes' SVMs split over them (parallel/detection.py);
+    # rank 0 alone fine-tunes, trains the box regressors and writes the files.
+    comm = parallel.world()
+    root = comm is None or comm.is_root
     try:
         config = load_config(args.config, args.set)
     except DetectionConfigError as err:
@@ -121,7 +127,7 @@ def run(args):
     # Every output is written after minutes of work: check them all now.
     for path, what in ((args.output, "the SVMs"), (args.finetune, "the fine-tuned weights"),
                        (args.bbox_reg, "the box regressors"), (args.cls_score, "cls_score")):
-        if path is not None:
+        if path is not None and root:
             require_writable(path, what)
     solver_path = args.solver or config.finetune.solver
     data = CachedSet(args.cache, limit=args.limit)
@@ -133,10 +139,14 @@ def run(args):
     if args.finetune:
         _check_file(solver_path, "fine-tuning solver")
         started = time.perf_counter()
-        solver = finetune.finetune(data.load, data.image_ids, len(data.classes), config.finetune,
-                                   weights=args.weights, solver_path=solver_path)
-        solver.net.save(args.finetune)
-        log.info("fine-tuned weights written to %s", args.finetune)
+        if root:
+            solver = finetune.finetune(data.load, data.image_ids, len(data.classes),
+                                       config.finetune, weights=args.weights,
+                                       solver_path=solver_path)
+            solver.net.save(args.finetune)
+            log.info("fine-tuned weights written to %s", args.finetune)
+        if comm is not None:
+            comm.barrier()      # the others read the fine-tuned weights (a shared folder)
         fc_weights = args.finetune
         timings["fine-tuning"] = time.perf_counter() - started
     if fc_net is None and config.features.layer != "pool5":
@@ -144,8 +154,15 @@ def run(args):
     started = time.perf_counter()
     transform = svm.FeatureTransform.from_files(config.features.layer, fc_net, fc_weights,
                                                 batch_size=config.features.batch_size)
-    model, _ = svm.train_model(data.load, data.image_ids, data.classes, transform,
-                               config.features, config.svm, fc_net, fc_weights, args.seed)
+    if comm is None:
+        model, _ = svm.train_model(data.load, data.image_ids, data.classes, transform,
+                                   config.features, config.svm, fc_net, fc_weights, args.seed)
+    else:
+        model, _ = parallel_detection.train_svm_model(
+            comm, data.load, data.image_ids, data.classes, transform, config.features,
+            config.svm, fc_net, fc_weights, args.seed)
+        if not root:
+            return 0
     model.save(args.output)
     timings["SVMs"] = time.perf_counter() - started
     log.info("SVMs written to %s", args.output)
@@ -164,6 +181,7 @@ def run(args):
     return 0
 
 
+@parallel.end_all_on_failure      # under mpiexec: a failing rank stops them all
 def main(argv=None):
     return run_main(PROG, run, build_parser().parse_args(argv))
 

@@ -138,10 +138,25 @@ def save(cache_dir, image_id, record, compress=False):
         if name in record:
             record[name] = np.ascontiguousarray(record[name], dtype)
     check_record(record, path)
-    writer = np.savez_compressed if compress else np.savez
     with atomic_write(path, "wb") as f:
-        writer(f, **record)
+        _write_npz(f, record, compress)
     return path
+
+
+# np.savez stamps every member with the time of writing; a fixed stamp makes
+# a record's file the same bytes whenever and by whichever rank it is written.
+_STAMP = (1980, 1, 1, 0, 0, 0)
+
+
+def _write_npz(f, arrays, compress):
+    """np.savez's layout (one NumPy .npy member per array), deterministic."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(f, "w", compression=method, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=_STAMP)
+            member.compress_type = method
+            with archive.open(member, "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(array), allow_pickle=False)
 
 
 def load(cache_dir, image_id):

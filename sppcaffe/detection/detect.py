@@ -141,12 +141,18 @@ def detect_all(load, image_ids, classes, scorer, config: DetectConfig, regressor
         if progress is not None:
             progress()
     seconds = (time.perf_counter() - started) / max(len(image_ids), 1)
+    return detections_by_class(per_image, classes), per_image, seconds
+
+
+def detections_by_class(per_image, classes):
+    """{class name: Detections} of {image_id: ImageDetections}, images in
+    the dict's order."""
     by_class = {}
     for k, name in enumerate(classes):
         parts = [Detections([image_id] * len(d.scores[k]), d.scores[k], d.boxes[k])
                  for image_id, d in per_image.items()]
         by_class[name] = Detections.concatenate(parts)
-    return by_class, per_image, seconds
+    return by_class
 
 
 def image_sizes(annotations):

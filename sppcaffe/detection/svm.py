@@ -388,13 +388,17 @@ def _positives(load, image_ids, transform, num_classes, use_difficult):
     return parts
 
 
-def train_svms(load, image_ids, classes, transform, config: SVMConfig):
+def train_svms(load, image_ids, classes, transform, config: SVMConfig, train_classes=None):
     """(W (D, K), b (K,), history): the SVMs trained with hard-negative mining.
 
     `transform` turns an image's cached pooled features into the SVMs'
     input (scaled).  `history` lists, per retraining, the class, image
-    position, cache size and R-CNN's objective terms."""
+    position, cache size and R-CNN's objective terms.  `train_classes`
+    (indices into `classes`, default all) trains only those; the others'
+    columns stay 0.  Classes are independent, so each column is what a
+    run over all classes gives (parallel runs split them over ranks)."""
     num_classes = len(classes)
+    chosen = range(num_classes) if train_classes is None else sorted(train_classes)
     image_ids = list(image_ids)
     if not image_ids:
         raise ValueError("no training images")
@@ -420,14 +424,14 @@ def train_svms(load, image_ids, classes, transform, config: SVMConfig):
             dedup = None
             if config.negative_overlap_dedup is not None:
                 dedup = NegativeDedup(entry["boxes"], config.negative_overlap_dedup)
-            for k in range(num_classes):
+            for k in chosen:
                 rows = negative_rows(overlaps[:, k + 1], scores[:, k], config.negative_iou,
                                      None if first_time else config.hard_threshold, dedup)
                 keys = window_keys(position, rows)
                 fresh = caches[k].new(keys)
                 caches[k].add(features[rows[fresh]], keys[fresh])
             last = epoch == config.hard_epochs - 1 and position == len(image_ids) - 1
-            for k in range(num_classes):
+            for k in chosen:
                 cache = caches[k]
                 due = first_time or cache.num_added > config.retrain_limit or last
                 if not (due and len(cache)):
@@ -450,7 +454,8 @@ def train_svms(load, image_ids, classes, transform, config: SVMConfig):
                          len(cache) + evicted, evicted, objective["total"], objective["pos"],
                          objective["neg"], objective["reg"])
             first_time = False
-    for k, name in enumerate(classes):
+    for k in chosen:
+        name = classes[k]
         if not len(positives[k]):
             log.warning("class %s has no positive training window: its SVM scores -1 everywhere",
                         name)
@@ -458,15 +463,15 @@ def train_svms(load, image_ids, classes, transform, config: SVMConfig):
 
 
 def train_model(load, image_ids, classes, transform, features: FeatureConfig, svm: SVMConfig,
-                fc_net=None, fc_weights=None, seed=0):
+                fc_net=None, fc_weights=None, seed=0, train_classes=None):
     """The whole step: measure the feature scale, train the SVMs, return an
-    SVMModel (and the training history)."""
+    SVMModel (and the training history); `train_classes` as train_svms."""
     scale, norm = norm_scale(load, image_ids, transform, features.target_norm,
                              features.norm_images, features.norm_windows, seed)
     log.info("%s features: mean norm %.4g, scaled by %.4g to %g", transform.layer, norm, scale,
              features.target_norm)
     scaled = transform.with_scale(scale)
-    W, b, history = train_svms(load, image_ids, classes, scaled, svm)
+    W, b, history = train_svms(load, image_ids, classes, scaled, svm, train_classes)
     model = SVMModel(list(classes), W, b, transform.layer, scale,
                      os.path.abspath(fc_net) if fc_net else None,
                      os.path.abspath(fc_weights) if fc_weights else None)

@@ -4,7 +4,10 @@ The whole batch goes through one im2col and one GEMM per group (see
 sppcaffe.im2col for the column layout) instead of Caffe's per-image loop;
 the sums are the same, only their order differs.  Columns computed in
 forward are kept for the weight gradient, so backward redoes im2col only
-when something else used the buffer in between.
+when something else used the buffer in between.  When the net never runs
+this layer's backward (``forward_only``), im2col instead runs on a few
+images at a time (``forward_column_bytes``).  Depthwise convolutions
+(group == channels) run sppcaffe.depthwise on the host: no columns at all.
 
 The device code (forward_gpu/backward_gpu) keeps that layout: im2col runs
 on chunks of images sized so the column buffer stays within

@@ -94,9 +94,12 @@ def split(items, rank, size):
 
 
 def rank_generator(rng, rank):
-    """A generator of the rank's own, derived from one draw of `rng` (the
-    same draw on every rank when `rng` is in the same state everywhere)."""
-    entropy = int(rng.integers(2 ** 63))
+    """A generator of the rank's own, derived from the state of `rng` (the
+    same on every rank) and the rank.  `rng` itself is not advanced, so
+    whatever it draws next is what it would draw in one process."""
+    peek = np.random.default_rng()
+    peek.bit_generator.state = rng.bit_generator.state
+    entropy = int(peek.integers(2 ** 63))
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(rank,)))
 
 
@@ -105,20 +108,19 @@ class ShardedReader:
     every size-th batch of `reader`, from batch `rank` on."""
 
     def __init__(self, reader, rank, size):
-        self.reader, self.rank, self.size = reader, rank, size
+        self.reader, self.rank, self.ranks = reader, rank, size
         self.type = reader.type
         self.batch_size = int(reader.batch_size)
         transformer = getattr(reader, "transformer", None)
         self.skips = hasattr(reader, "skip")
+        self.item_rng = None
         if self.skips:
             # The order stays the shared reader.rng; crops and mirrors get the rank's own.
-            self.item_rng = rank_generator(reader.rng, rank)
             if transformer is not None:
-                transformer.rng = self.item_rng
+                self.item_rng = transformer.rng = rank_generator(reader.rng, rank)
             reader.skip(rank * self.batch_size)
         else:
             # No order to share (WindowData): the rank draws everything itself.
-            self.item_rng = None
             reader.rng.bit_generator.state = rank_generator(reader.rng, rank).bit_generator.state
 
     # ---- what the data layer and the prefetcher use -----------------------------
@@ -131,14 +133,14 @@ class ShardedReader:
     def next_batch(self):
         batch = self.reader.next_batch()
         if self.skips:
-            self.reader.skip((self.size - 1) * self.batch_size)
+            self.reader.skip((self.ranks - 1) * self.batch_size)
         return batch
 
     def close(self):
         self.reader.close()
 
     def describe(self):
-        return {"rank": self.rank, "size": self.size, "batch": self.batch_size}
+        return {"rank": self.rank, "size": self.ranks, "batch": self.batch_size}
 
     def state(self):
         state = dict(self.reader.state(), shard=self.describe())

@@ -48,6 +48,12 @@ works but logs a warning naming what will differ: the data layers read
 from where a new run starts and the framework's generator is not
 restored.  A data layer whose source changed (another list length,
 database without the saved key, ...) gets the same warning for itself.
+
+A snapshot of a run over N MPI ranks has one more key, "ranks": {"size":
+N, "random": [...], "train_net": [[...], ...]}, every rank's generator and
+train-net data layers (the top-level entries are rank 0's); see
+sppcaffe/parallel/training.py.
+
 What is not captured: state kept by Python layers (their own cursors or
 generators) and the smoothed loss of the display, which Caffe also
 restarts.
@@ -131,8 +137,13 @@ def restore(solver, state_path):
     """Restore the sidecar of `state_path` into `solver`'s generator and
     data layers (after its nets are built).  Warns, naming them, about
     whatever cannot be restored; False when there is no sidecar."""
+    return apply(solver, read_rng_state(state_path), state_path)
+
+
+def apply(solver, content, state_path):
+    """restore() with the sidecar's `content` already read (None: there was
+    none), e.g. sent by rank 0 to the other ranks of a parallel run."""
     path = rng_path(state_path)
-    content = read_rng_state(state_path)
     nets = _nets(solver)
     if content is None:
         layers = [_describe(layer, what) for what, net in nets for layer, _ in _data_layers(net)]

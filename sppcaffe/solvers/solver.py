@@ -146,6 +146,9 @@ class Solver:
         self._timer = time.perf_counter()
         self._iterations_last = 0
         self._display_outputs = None
+        # A parallel.training.DataParallel when this solver is one of several
+        # MPI ranks: it averages the gradients and agrees on signals and snapshots.
+        self.parallel = None
         self._presolve()
 
     # ------------------------------------------------------------------
@@ -345,7 +348,13 @@ class Solver:
     # ------------------------------------------------------------------
     def _requested(self):
         """Caffe's GetRequestedAction: a signal's effect, else what Python
-        code put in `requested_action` (consumed)."""
+        code put in `requested_action` (consumed); over MPI, the action all
+        ranks agreed on with this iteration's gradients."""
+        if self.parallel is not None:
+            return self.parallel.agreed_action()
+        return self._poll_request()
+
+    def _poll_request(self):
         if self._signals is not None:
             action = self._signals.requested_action()
             if action != signals.NONE:
@@ -418,6 +427,9 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += np.float32(self.net.forward_backward())
             loss /= np.float32(p.iter_size)
+            if self.parallel is not None:
+                # Every rank's gradients averaged into the diffs; the ranks' mean loss.
+                loss = self.parallel.finish_iteration(loss)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 self._display_train()
@@ -477,8 +489,9 @@ class Solver:
             return
         # The final snapshot (snapshot_after_train) needs the prefix as much as `snapshot`.
         self._check_snapshot_prefix()
+        # The files a run writes there: snapshots (+ sidecars) and train_net's curves.
         folder, name = os.path.split(os.path.abspath(p.snapshot_prefix + "_"))
-        remove_stale_temps(folder, re.escape(name) + ".*")
+        remove_stale_temps(folder, re.escape(name) + r"(iter_\d+\..+|training\.(csv|png))")
 
     def _stop_diverged(self, loss):
         """A NaN or infinite training loss: snapshot the weights it came
@@ -572,6 +585,12 @@ class Solver:
         """Write the weights and the solver state (Caffe's names:
         <prefix>_iter_<N>.caffemodel / .solverstate, + .h5 for HDF5), each
         under a temporary name renamed into place.  Returns both paths."""
+        if self.parallel is not None:
+            return self.parallel.snapshot(self)    # rank 0 writes, with every rank's positions
+        return self.write_snapshot(resume_state.capture(self))
+
+    def write_snapshot(self, sidecar):
+        """snapshot() with the .rng sidecar's content given."""
         p = self.param
         if p.snapshot_format == p.HDF5:
             model = self._snapshot_filename(".caffemodel.h5")
@@ -591,7 +610,7 @@ class Solver:
         # Read only: in GPU mode the history stays current on the device.
         history = [blob.cpu_data for blob in self.history_blobs]
         state.write_state(state_path, self.iter, model, self.current_step, history)
-        state.write_rng_state(state_path, resume_state.capture(self))
+        state.write_rng_state(state_path, sidecar)
         self._notify("on_snapshot", model, state_path)
         return model, state_path
 
