@@ -87,7 +87,8 @@ layers { name: "prob" type: SOFTMAX bottom: "ip" top: "prob" }
 # A solver with its net inline (a mutation cannot send it to another file).
 DUMMY_DATA = """layer { name: "data" type: "DummyData" top: "data" top: "label"
           dummy_data_param { shape { dim: 2 dim: 5 } shape { dim: 2 }
-                             data_filler { type: "gaussian" } data_filler { type: "constant" } } }"""
+                             data_filler { type: "gaussian" }
+                             data_filler { type: "constant" } } }"""
 # The solver whose snapshots seed the solver state and .rng targets reads images
 # (shuffled), so that its sidecar holds a data layer's position too.
 IMAGE_DATA = """layer { name: "data" type: "ImageData" top: "data" top: "label"
@@ -209,7 +210,8 @@ def _edit(tokens):
     return st.one_of(
         st.tuples(st.just("flip"), position, st.integers(0, 255)),
         st.tuples(st.just("delete"), position, st.integers(1, 24)),
-        st.tuples(st.just("insert"), position, st.sampled_from(tokens) | st.binary(min_size=1, max_size=6)),
+        st.tuples(st.just("insert"), position,
+                  st.sampled_from(tokens) | st.binary(min_size=1, max_size=6)),
         st.tuples(st.just("duplicate"), position, st.integers(1, 48), position),
         st.tuples(st.just("truncate"), position),
     )
@@ -286,15 +288,15 @@ def check_solver(data, work):
     outcome(lambda: sppcaffe.get_solver(path), [path])
 
 
-_NETS = {}
+_BUILT = {}
 
 
 def _seed_net(work):
     """The seed net (TEST phase), built once and reused."""
     import sppcaffe
-    if "net" not in _NETS:
-        _NETS["net"] = sppcaffe.Net(os.path.join(work, "net_seed.prototxt"), sppcaffe.TEST)
-    return _NETS["net"]
+    if "net" not in _BUILT:
+        _BUILT["net"] = sppcaffe.Net(os.path.join(work, "net_seed.prototxt"), sppcaffe.TEST)
+    return _BUILT["net"]
 
 
 def check_caffemodel(data, work):
@@ -314,9 +316,9 @@ def check_caffemodel(data, work):
 
 def _seed_solver(work):
     import sppcaffe
-    if "solver" not in _NETS:
-        _NETS["solver"] = sppcaffe.get_solver(os.path.join(work, "solver_seed.prototxt"))
-    return _NETS["solver"]
+    if "solver" not in _BUILT:
+        _BUILT["solver"] = sppcaffe.get_solver(os.path.join(work, "solver_seed.prototxt"))
+    return _BUILT["solver"]
 
 
 def check_solverstate(data, work):
@@ -415,7 +417,8 @@ TARGETS = {
     "solver_prototxt": (("solver",), TEXT_TOKENS + SOLVER_TOKENS, check_solver),
     "caffemodel": (("caffemodel", "caffemodel_v1"), BINARY_TOKENS, check_caffemodel),
     "solverstate": (("solverstate",), BINARY_TOKENS, check_solverstate),
-    "rng_sidecar": (("rng_sidecar",), TEXT_TOKENS + [b"[", b"]", b"null", b"{}"], check_rng_sidecar),
+    "rng_sidecar": (("rng_sidecar",), TEXT_TOKENS + [b"[", b"]", b"null", b"{}"],
+                    check_rng_sidecar),
     "binaryproto": (("binaryproto",), BINARY_TOKENS, check_binaryproto),
     "lmdb_datum": (("datum_raw", "datum_float", "datum_encoded"), BINARY_TOKENS, check_datum),
     "image_list": (("image_list",), TEXT_TOKENS + [b"a.png", b" 7", b"../", b"\t"],
@@ -423,6 +426,25 @@ TARGETS = {
     "image_file": (("png", "jpeg"), BINARY_TOKENS, check_image),
     "window_file": (("window_file",), TEXT_TOKENS + [b"# 2", b"images/b.jpg"], check_window_file),
 }
+
+
+# Checks of the harness itself: each must be reported as a failure.
+def _unclear_error(data, work):
+    outcome(lambda: {}[data], [])
+
+
+def _hang(data, work):
+    while True:
+        time.sleep(0.01)
+
+
+def _crash(data, work):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+HARNESS_CHECKS = {"harness_unclear_error": (("net",), [b"x"], _unclear_error),
+                  "harness_hang": (("net",), [b"x"], _hang),
+                  "harness_crash": (("net",), [b"x"], _crash)}
 
 
 # ---------------------------------------------------------------------------
@@ -441,9 +463,9 @@ def time_limit(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_target(name, examples, seed, work, seeds):
+def run_target(name, examples, seed, work, seeds, example_seconds=EXAMPLE_SECONDS):
     """Run Hypothesis on target `name`; (passed, report text)."""
-    seed_names, tokens, check = TARGETS[name]
+    seed_names, tokens, check = {**TARGETS, **HARNESS_CHECKS}[name]
     current = os.path.join(work, f"{name}.current")
 
     @settings(max_examples=examples, deadline=None, database=None,
@@ -453,7 +475,7 @@ def run_target(name, examples, seed, work, seeds):
     def prop(data):
         with open(current, "wb") as f:        # for the parent, should this process die
             f.write(data)
-        with time_limit(EXAMPLE_SECONDS):
+        with time_limit(example_seconds):
             check(data, work)
 
     if seed is not None:
@@ -462,10 +484,13 @@ def run_target(name, examples, seed, work, seeds):
     with contextlib.redirect_stdout(report):
         try:
             prop()
-        except BaseException as err:     # noqa: B036 - a Hang too is a failed property
-            if isinstance(err, KeyboardInterrupt):
-                raise
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:        # a Hang (not shrunk by Hypothesis) fails too
             report.write("".join(traceback.format_exception(err)))
+            if isinstance(err, Hang):
+                with open(current, "rb") as f:
+                    report.write(f"\nThe example: {f.read()!r}\n")
             return False, report.getvalue()
     return True, report.getvalue()
 
@@ -494,7 +519,7 @@ def main(work):
         request = json.loads(line)
         start = time.perf_counter()
         passed, report = run_target(request["target"], request["examples"], request["seed"],
-                                    work, seeds)
+                                    work, seeds, request.get("example_seconds", EXAMPLE_SECONDS))
         protocol.write(json.dumps({"passed": passed, "report": report,
                                    "seconds": time.perf_counter() - start}) + "\n")
         protocol.flush()

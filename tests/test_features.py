@@ -370,10 +370,10 @@ def test_a_failed_write_leaves_no_file(tmp_path, tiny_voc_set, net, proposal_dir
     out = tmp_path / "cache"
     source = proposals.ProposalSource(proposal_dir, compute=False)
 
-    def interrupted(f, **arrays):
+    def interrupted(f, arrays, compress):
         f.write(b"PK\x03\x04 half an archive")
         raise KeyboardInterrupt
-    monkeypatch.setattr(np, "savez", interrupted)
+    monkeypatch.setattr(cache, "_write_npz", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_voc_set, net, out, source)
     assert os.listdir(out) == ["meta.json"]

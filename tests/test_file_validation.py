@@ -16,7 +16,8 @@ import pytest
 import sppcaffe
 from sppcaffe import io
 from sppcaffe.cli import config, test_net, time_net, train_net
-from sppcaffe.data import DataError, datum_to_array, read_image_list
+from sppcaffe.data import (DataError, LMDBWriter, array_to_datum, datum_to_array,
+                           read_image_list)
 from sppcaffe.data.window_file import read_window_file
 from sppcaffe.detection import svm
 from sppcaffe.proto import caffe_pb2
@@ -26,6 +27,8 @@ from test_train_net import TINY_NET, TINY_SOLVER, run_main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Not UTF-8 from the second byte on: what a .caffemodel or an image looks like to a text reader.
 GARBAGE = b"C\xbf\x03\xff\xfe binary \x00\x80 data"
+# Child processes import sppcaffe from this checkout.
+CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
 NET_ONLY_IN_TRAIN = """name: "train only"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } }
         include { phase: TRAIN } }
@@ -97,7 +100,7 @@ def test_the_installed_tool_prints_one_line_for_a_binary_solver(files):
     """As a user runs it: one `train_net: error:` line, exit status 1."""
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_net"),
                              "--solver", files["garbage"]], capture_output=True, text=True,
-                            timeout=120)
+                            env=CHILD_ENV, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"train_net: error: {files['garbage']}:1: not a text prototxt")
@@ -271,6 +274,26 @@ def test_garbage_hdf5_state_and_npz_files_name_the_file(files):
             svm.SVMModel.load(os.path.join(files["tmp"], "svms.npz"))
 
 
+def test_a_truncated_lmdb_database_is_a_data_error_not_a_crash(tmp_path):
+    """LMDB maps data.mdb and dies of SIGBUS on a page past the end of a file
+    cut short; the reader says so first.  Run in a child process: the crash
+    would take pytest down."""
+    db = tmp_path / "db"
+    with LMDBWriter(str(db)) as writer:
+        for i in range(300):
+            writer.put(f"{i:08d}", array_to_datum(np.full((3, 8, 8), i % 256, np.uint8)).
+                       SerializeToString())
+    with open(db / "data.mdb", "r+b") as f:
+        f.truncate(os.path.getsize(db / "data.mdb") // 2)
+    script = ("import sys; from sppcaffe.data import DataError, DatumReader\n"
+              "try:\n    DatumReader(sys.argv[1])\n"
+              "except DataError as err:\n    print(err)")
+    result = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True,
+                            text=True, env=CHILD_ENV, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"cannot open LMDB database '{db}': data.mdb is truncated" in result.stdout
+
+
 def test_a_datum_whose_dimensions_overflow_is_a_data_error():
     # 2^21 * 2^21 * 2^22 = 2^64: zero in int64 arithmetic, like the empty data.
     datum = caffe_pb2.Datum(channels=1 << 21, height=1 << 21, width=1 << 22)
@@ -293,7 +316,7 @@ def test_an_image_name_that_is_not_utf8_is_read_not_crashed_on(tmp_path):
               "image = read_image(os.fsdecode(os.fsencode(sys.argv[1]) + b'/caf\\xe9.png')); "
               "print(image.shape)")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
-                            text=True, timeout=120)
+                            text=True, env=CHILD_ENV, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(3, 5, 3)"
 

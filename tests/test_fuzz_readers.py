@@ -23,12 +23,12 @@ from fuzz_corpus import TARGETS
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # Examples per reader in the default run: about 30 s for all of them on 2 cores.
-DEFAULT_EXAMPLES = {"net_prototxt": 60, "solver_prototxt": 40, "caffemodel": 60,
-                    "solverstate": 60, "rng_sidecar": 40, "binaryproto": 60, "lmdb_datum": 40,
-                    "image_list": 40, "image_file": 60, "window_file": 40}
+DEFAULT_EXAMPLES = {"net_prototxt": 250, "solver_prototxt": 200, "caffemodel": 250,
+                    "solverstate": 200, "rng_sidecar": 160, "binaryproto": 250, "lmdb_datum": 120,
+                    "image_list": 160, "image_file": 200, "window_file": 200}
 SLOW_EXAMPLES = 2000
 START_SECONDS = 120           # the worker's import and seed files
-SECONDS_PER_EXAMPLE = 1.0     # generous: the worker's own alarm catches a hang at 20 s
+SECONDS_PER_EXAMPLE = 1.0     # generous: the worker's own alarm catches a hang first
 
 
 class FuzzWorker:
@@ -67,12 +67,13 @@ class FuzzWorker:
         line = self.process.stdout.readline()
         return json.loads(line) if line else None
 
-    def run(self, target, examples, seed):
+    def run(self, target, examples, seed, example_seconds=20):
         """(passed, report) of `examples` examples of `target`."""
         if self.process is None or self.process.poll() is not None:
             self._start()
         self.process.stdin.write(json.dumps({"target": target, "examples": examples,
-                                             "seed": seed}) + "\n")
+                                             "seed": seed,
+                                             "example_seconds": example_seconds}) + "\n")
         self.process.stdin.flush()
         timeout = 60 + examples * SECONDS_PER_EXAMPLE
         reply = self._reply(timeout)
@@ -110,6 +111,17 @@ def fuzz_worker(tmp_path_factory):
 
 def test_every_target_has_a_default_size():
     assert set(DEFAULT_EXAMPLES) == set(TARGETS)
+
+
+@pytest.mark.parametrize("check, said", [
+    ("harness_unclear_error", "not a clear error naming []: builtins.KeyError"),
+    ("harness_hang", "the example ran for more than 1 s"),
+    ("harness_crash", "died with exit status -11 (a crash) on the example"),
+])
+def test_the_harness_reports_unclear_errors_hangs_and_crashes(fuzz_worker, check, said):
+    passed, report = fuzz_worker.run(check, 3, seed=None, example_seconds=1)
+    assert not passed
+    assert said in report
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

@@ -141,22 +141,30 @@ def test_snapshots_survive_sigkill_and_training_resumes(tmp_path, kill_rng):
 # ---------------------------------------------------------------------------
 def test_feature_cache_survives_sigkill_and_extraction_resumes(tmp_path, kill_rng):
     rng, seed = kill_rng
-    root = make_synthetic_voc(tmp_path / "voc", num_images=8, size_range=(120, 160))
+    root = make_synthetic_voc(tmp_path / "voc", num_images=12, size_range=(120, 160))
+    trainval = voc.VOCDataset(root, "trainval", SYNTHETIC_CLASSES).image_ids
     proto, weights, _ = saved_net(tmp_path, TINY_CONV, "conv")
     out = tmp_path / "cache"
     log = tmp_path / "extract.log"
     argv = [os.path.join(TOOLS, "extract_features")] + \
         spp_args(root, proto, weights, out, "--scales", "300")
+
+    def cached_count():
+        """Images in the cache; -1 before the cache is started."""
+        return len(cache.image_ids(out)) if os.path.exists(out / cache.META_FILE) else -1
+
     for _ in range(2):
-        interrupted = run_and_kill(argv, lambda: os.path.exists(out / cache.META_FILE),
-                                   rng.uniform(0, 1.5), log)
+        # Killed at a random point of what is left to extract.
+        done = max(cached_count(), 0)
+        target = done + rng.randrange(max(1, (len(trainval) - done) // 2))
+        interrupted = run_and_kill(argv, lambda: cached_count() >= target, rng.uniform(0, 0.2),
+                                   log)
         assert interrupted, f"SPPCAFFE_KILL_SEED={seed}: extraction ended before the kill"
         cache.meta(out)
         for image_id in cache.image_ids(out):
             assert cache.is_complete(out, image_id), f"SPPCAFFE_KILL_SEED={seed}: {image_id}"
             cache.load(out, image_id)
     assert run_to_end(argv, log) == 0, log_tail(log)
-    trainval = voc.VOCDataset(root, "trainval", SYNTHETIC_CLASSES).image_ids
     assert cache.image_ids(out) == sorted(trainval)
     for image_id in trainval:
         cache.load(out, image_id)
@@ -181,24 +189,21 @@ def test_lmdb_writer_survives_sigkill_and_converting_again_works(tmp_path, kill_
     images = tmp_path / "images"
     images.mkdir()
     pixels = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
-    count = 15000
+    count = 8000
     for i in range(3):
         cv2.imwrite(str(images / f"{i}.png"), np.roll(pixels, i))
     (tmp_path / "list.txt").write_text("".join(f"{i % 3}.png {i % 5}\n" for i in range(count)))
     db = tmp_path / "db"
-    log = tmp_path / "convert.log"
     argv = [os.path.join(TOOLS, "convert_imageset"), f"{images}/", str(tmp_path / "list.txt"),
             str(db)]
-
-    def started():
-        return bool(glob.glob(str(tmp_path / "db.*.tmp")))
-
-    for _ in range(2):
-        interrupted = run_and_kill(argv, started, rng.uniform(0, 1.2), log)
+    for round_ in range(2):
+        # Killed during a random transaction (1000 records each, logged when committed).
+        log = tmp_path / f"convert{round_}.log"
+        committed = f"Processed {1000 * rng.randrange(1, count // 1000)} files."
+        interrupted = run_and_kill(argv, lambda: log.exists() and committed in log.read_text(),
+                                   rng.uniform(0, 0.2), log)
         assert interrupted, f"SPPCAFFE_KILL_SEED={seed}: the conversion ended before the kill"
-        if db.exists():         # killed after the rename: then it is the whole database
-            break
-    else:
-        # Killed before the rename every time: nothing under the database's name.
-        assert run_to_end(argv, log) == 0, log_tail(log)
+        # Nothing is left under the database's name: its records were written elsewhere.
+        assert not db.exists(), f"SPPCAFFE_KILL_SEED={seed}"
+    assert run_to_end(argv, tmp_path / "convert.log") == 0, log_tail(tmp_path / "convert.log")
     check_database(str(db), count)

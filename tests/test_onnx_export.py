@@ -320,7 +320,10 @@ def test_lrn(params):
 def test_batchnorm_with_stored_statistics_and_scale(shape):
     layers = (layer("bn", "BatchNorm", ["x"], ["x"])
               + layer("scale", "Scale", ["x"], ["x"], "scale_param { bias_term: true }"))
-    check(make_net(layers, {"x": shape}))
+    # in place on the input: the output cannot also be called "x"
+    with pytest.warns(UserWarning, match="output 'x' is named 'x_out'"):
+        model = check(make_net(layers, {"x": shape}))
+    assert [o.name for o in model.graph.output] == ["x_out"]
 
 
 def test_batchnorm_without_statistics_yet():

@@ -74,9 +74,24 @@ def _acquire_env(path):
                                 max_readers=512)
             except lmdb.Error as err:
                 raise DataError(f"cannot open LMDB database '{path}': {err}") from None
+            problem = _truncation(env, path)
+            if problem:
+                env.close()
+                raise DataError(f"cannot open LMDB database '{path}': {problem}")
             entry = _envs[key] = [env, 0]
         entry[1] += 1
         return key, entry[0]
+
+
+def _truncation(env, path):
+    """What is missing from a data.mdb cut short (copied or downloaded in
+    part), or None.  LMDB maps the file and would crash the process (SIGBUS)
+    on the first page past its end; the meta page says how far they go."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(os.path.join(path, "data.mdb"))
+    if size < needed:
+        return f"data.mdb is truncated: {size} bytes, its pages reach {needed}"
+    return None
 
 
 def _release_env(key):

@@ -50,6 +50,7 @@ of the data (rank 0's position is where the whole sequence stands), with
 new per-rank random draws; a warning says so.
 """
 import logging
+import zlib
 
 import numpy as np
 
@@ -252,6 +253,14 @@ class DataParallel:
         and files) without using a core."""
         stats = self.reducer.stats
         self.comm.barrier()
+        # The ranks applied the same updates to the same weights: check it.
+        digest = 0
+        for blob in self.solver.net.learnable_params:
+            digest = zlib.crc32(blob.cpu_data.tobytes(), digest)
+        digests = self.comm.allgather(digest)
+        if len(set(digests)) > 1 and self.comm.is_root:
+            log.error("the ranks' weights differ after training (CRC-32 %s): a bug, please "
+                      "report it", ", ".join(f"{d:08x}" for d in digests))
         if self.comm.is_root and stats["iterations"]:
             log.info("MPI: %d iterations over %d ranks; waiting for gradients %.1f ms per "
                      "iteration (of which copies and sums %.1f ms)", stats["iterations"],
