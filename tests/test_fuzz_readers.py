@@ -9,6 +9,7 @@ the property and why a worker process: fuzz_corpus.py).
 The default run takes a few dozen examples per reader (deterministic);
 `pytest -m slow` takes 2,000 per reader with random seeds (set
 SPPCAFFE_FUZZ_SEED=N to repeat one run)."""
+import contextlib
 import json
 import os
 import random
@@ -61,11 +62,16 @@ class FuzzWorker:
             return f.read()[-3000:].decode(errors="replace")
 
     def _reply(self, timeout):
+        """The worker's next reply; None when it died (end of its output)
+        or sent nothing for `timeout` seconds (then it is still running)."""
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         if not ready:
             return None
         line = self.process.stdout.readline()
-        return json.loads(line) if line else None
+        if not line:
+            self.process.wait(30)           # its output ended: it is exiting
+            return None
+        return json.loads(line)
 
     def run(self, target, examples, seed, example_seconds=20):
         """(passed, report) of `examples` examples of `target`."""
@@ -87,8 +93,10 @@ class FuzzWorker:
             what = f"died with exit status {self.process.returncode} (a crash)"
         self.process.wait()
         self.process = None
-        current = os.path.join(self.work, f"{target}.current")
-        example = open(current, "rb").read() if os.path.exists(current) else b"?"
+        example = b"?"
+        with contextlib.suppress(FileNotFoundError):
+            with open(os.path.join(self.work, f"{target}.current"), "rb") as f:
+                example = f.read()
         return False, (f"the worker {what} on the example {example!r}; its stderr ends:\n"
                        f"{self.log_tail()}")
 

@@ -196,6 +196,19 @@ def test_two_ranks_adam_iter_size_2_equal_one_process(tmp_path, data):
                  {k: [v] for k, v in moments[1].items()}, rtol=1e-5)
 
 
+def test_gpu_ranks_reduce_through_host_buffers(tmp_path, data):
+    """--gpu all: a device per local rank (here the CUDA kernels built for
+    the CPU, SPPCAFFE_GPU=host), gradients through host buffers: the same
+    training as one CPU process with the whole batch."""
+    one = write_solver(tmp_path, "one", hdf5_layer(data, 8) + TRUNK % "", momentum=0.9)
+    two = write_solver(tmp_path, "two", hdf5_layer(data, 4) + TRUNK % "", momentum=0.9)
+    train(None, one)
+    result = train(2, two, "--gpu", "all", env=environment(SPPCAFFE_GPU="host"))
+    assert "Use GPU with device ID 0" in result.stderr
+    assert_close(weights(tmp_path / "one/s_iter_10.caffemodel"),
+                 weights(tmp_path / "two/s_iter_10.caffemodel"))
+
+
 # ---------------------------------------------------------------------------
 # Resume
 # ---------------------------------------------------------------------------

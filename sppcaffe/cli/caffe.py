@@ -26,9 +26,10 @@ DIR/caffe.INFO; GLOG_log_dir in the environment too), -minloglevel N
 and, without effect since the log always goes to stderr, -alsologtostderr,
 -colorlogtostderr and -v.
 
-Differences from Caffe: one GPU at a time (`train -gpu 0,1` or `-gpu all`
-on several GPUs is refused; `test` and `time` use the first id, as Caffe
-does); a missing flag or file is one error line, exit status 1, instead of
+Differences from Caffe: one GPU per process (`train -gpu 0,1` or `-gpu all`
+on several GPUs is refused, except under `mpiexec -n N`, where each rank
+takes its own: sppcaffe/parallel; `test` and `time` use the first id, as
+Caffe does); a missing flag or file is one error line, exit status 1, instead of
 an abort; without -level the solver file's train_state.level is kept (Caffe
 sets 0); a solver asking for GPU mode where none opens trains on the CPU
 with a warning (tools/train_net's rule); `test` reads -phase and `time`

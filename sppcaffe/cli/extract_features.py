@@ -28,6 +28,10 @@ cache file is complete are skipped, and every file is written under a
 temporary name, so a killed run leaves no partial file.  With `--gpu ID`
 both run on that GPU: conv maps, pooling and the features stay on the
 device until an image's features are written.
+
+Under `mpiexec -n N` every form is split over the ranks (Caffe's form:
+batches; spp/rcnn: images, resumable with any N): sppcaffe/parallel/
+detection.py.
 """
 import argparse
 import contextlib

@@ -16,7 +16,9 @@ AP table with VOC2007's 11-point AP and VOC2010+'s area AP; --year chooses
 which one the last line reports.  A cache made in R-CNN mode
 (tools/extract_features rcnn) is tested the same way, with the same SVMs.
 With --gpu ID the fc layers computing fc6/fc7 run on that GPU.
-`tools/test_net --detection CONFIG ...` runs this tool.
+`tools/test_net --detection CONFIG ...` runs this tool.  Under `mpiexec
+-n N` the images are split over the ranks and rank 0 evaluates
+(sppcaffe/parallel/detection.py).
 """
 import argparse
 import json

@@ -17,7 +17,10 @@ log lines are Caffe's, on stderr.  Conveniences on top:
 - nothing is lost late: the outputs are checked writable before the first
   iteration, weights that fill none of the net's layers are an error
   (--allow-unmatched-weights), and a NaN or infinite loss stops training
-  with a snapshot of the last finite weights (--allow-nan trains on).
+  with a snapshot of the last finite weights (--allow-nan trains on);
+- `mpiexec -n N tools/train_net ...` trains data-parallel over N ranks
+  (one process x batch N*B; --gpu all or a list: a GPU per local rank):
+  sppcaffe/parallel/training.py.
 """
 import argparse
 import contextlib

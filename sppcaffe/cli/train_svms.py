@@ -12,7 +12,9 @@ The SVMs read `features.layer` of the config: pool5 (the cached features
 themselves) or fc6/fc7, computed from them by the fc net (--fc-net, by
 default the fine-tuning solver's net) with --weights, or with the
 fine-tuned weights when --finetune is given.  Settings: see
-sppcaffe/detection/config.py (unknown keys are errors).
+sppcaffe/detection/config.py (unknown keys are errors).  Under `mpiexec
+-n N` the classes' SVMs are split over the ranks (sppcaffe/parallel/
+detection.py).
 """
 import argparse
 import logging
