@@ -211,3 +211,5 @@ def test_lmdb_writer_survives_sigkill_and_converting_again_works(tmp_path, kill_
             shutil.rmtree(db)
     assert run_to_end(argv, tmp_path / "convert.log") == 0, log_tail(tmp_path / "convert.log")
     check_database(str(db), count)
+    # The killed runs' temporary databases were removed by the run that completed.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("db")) == ["db"]

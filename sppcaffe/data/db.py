@@ -9,12 +9,14 @@ LMDB forbids opening the same environment twice in one process, and a
 TRAIN and a TEST net may well read the same database.
 """
 import os
+import re
 import shutil
 import tempfile
 import threading
 
 import lmdb
 
+from ..io.atomic import TEMP_SUFFIX, remove_stale_temps
 from ..proto import caffe_pb2
 from .errors import DataError
 
@@ -196,8 +198,9 @@ class LMDBWriter:
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
             raise DataError(f"cannot create database '{self.path}': no directory '{parent}'")
-        self._tmp = tempfile.mkdtemp(prefix=os.path.basename(self.path) + ".", suffix=".tmp",
-                                     dir=parent)
+        name = os.path.basename(self.path)
+        remove_stale_temps(parent, re.escape(name), directories=True)    # a killed conversion's
+        self._tmp = tempfile.mkdtemp(prefix=name + ".", suffix=TEMP_SUFFIX, dir=parent)
         self._env = lmdb.open(self._tmp, map_size=_INITIAL_MAP_SIZE, subdir=True)
         self._pending = []
         self.count = 0

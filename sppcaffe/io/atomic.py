@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 
 _log = logging.getLogger(__name__)
@@ -76,11 +77,12 @@ def folder_problem(folder):
     return write_problem(os.path.join(existing, ".write-check"))
 
 
-def remove_stale_temps(folder, name_pattern):
+def remove_stale_temps(folder, name_pattern, directories=False):
     """Delete the temporary files that killed atomic writes left in
     `folder` for files whose name matches the regular expression
-    `name_pattern` (whole name); the paths removed.  Only for outputs no
-    other process is writing at the same time."""
+    `name_pattern` (whole name); the paths removed.  `directories`: the
+    outputs are directories written the same way (LMDB databases).  Only
+    for outputs no other process is writing at the same time."""
     folder = os.fspath(folder)
     stale = re.compile(f"(?:{name_pattern}){re.escape('.')}{_RANDOM_PART}{re.escape(TEMP_SUFFIX)}")
     try:
@@ -90,10 +92,14 @@ def remove_stale_temps(folder, name_pattern):
     removed = []
     for name in sorted(names):
         path = os.path.join(folder, name)
-        if not stale.fullmatch(name) or not os.path.isfile(path):
+        if not stale.fullmatch(name) or not (os.path.isdir(path) if directories
+                                             else os.path.isfile(path)):
             continue
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+            if directories:
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
             removed.append(path)
             _log.info("Removed %s, left by an interrupted write", path)
     return removed

@@ -55,7 +55,6 @@ import zlib
 import numpy as np
 
 from .. import random as framework_random
-from ..layers.loss import normalization_mode
 from ..proto import caffe_pb2
 from ..solvers import get_solver, resume_state, signals
 from ..solvers.state import read_rng_state
@@ -144,14 +143,13 @@ class DataParallel:
                         "every rank reads the same batches")
             if not hasattr(layer, "normalization"):
                 continue
-            lp = layer.param.loss_param
-            mode = normalization_mode(layer.param, layer.normalization)
+            mode = layer.normalization
             if mode == MODES.NONE:
                 problems.append(
                     f"loss layer '{layer.name}' sums over its batch (normalization NONE): the "
                     f"mean gradient of {self.comm.size} ranks is 1/{self.comm.size} of what "
                     "one process with the whole batch computes (scale base_lr to match)")
-            elif mode == MODES.VALID and lp.HasField("ignore_label"):
+            elif mode == MODES.VALID and layer.param.loss_param.HasField("ignore_label"):
                 problems.append(
                     f"loss layer '{layer.name}' divides by its count of non-ignored labels, "
                     "which differs between ranks: the mean over ranks is not exactly the "
