@@ -12,12 +12,13 @@ Caffe's sums in another order.
 """
 import numpy as np
 
-from .flat_windows import FlatWindows, blocks, scratch
+from .flat_windows import FlatWindows, blocks
 from .im2col import split_parallel
+from .workspace import thread_scratch
 
 # Scratch for one block of planes.  NumPy's cost per call (~1-2 us)
 # dominates small blocks; blocks beyond the L2 cache gain little more.
-_BLOCK_BYTES = 2 << 20
+_BLOCK_BYTES = 4 << 20
 
 
 class DepthwisePlan:
@@ -64,8 +65,8 @@ def forward(plan, x, weights, bias, y):
 
     def task(start, stop):
         src = windows.split(planes[start:stop])
-        acc = scratch("acc", (stop - start, windows.length))
-        tmp = scratch("tmp", acc.shape)
+        acc = thread_scratch("acc", (stop - start, windows.length))
+        tmp = thread_scratch("tmp", acc.shape)
         for k in range(m):
             for t in range(len(windows.taps)):
                 scalar = scalars[k, t, start:stop, None]
@@ -100,10 +101,10 @@ def backward(plan, x, weights, dy, weight_diff=None, dx=None):
         src = None if sums is None else windows.split(planes[start:stop])
         dsrc = tmp = None
         if dx_planes is not None:
-            dsrc = scratch("dphases", (len(windows.phases), stop - start,
+            dsrc = thread_scratch("dphases", (len(windows.phases), stop - start,
                                        windows.rows * windows.wq))
             dsrc[...] = 0
-            tmp = scratch("tmp", (stop - start, windows.length))
+            tmp = thread_scratch("tmp", (stop - start, windows.length))
         for k in range(m):
             grid = windows.grid(dy_planes[start:stop, k])
             for t in range(taps):

@@ -13,25 +13,10 @@ flat offset (i*dh // sh)*Wq + (j*dw // sw): one contiguous range per plane,
 which for x < Wo stays in the tap's row.  The last Wq - Wo columns of the
 grid are junk, dropped when the grid is cropped to the output.
 
-Scratch arrays are per thread, so blocks of planes can run on several.
+Scratch arrays are per thread (workspace.thread_scratch), so blocks of
+planes can run on several.
 """
-import threading
-
-import numpy as np
-
-_local = threading.local()
-
-
-def scratch(name, shape):
-    """A per-thread uninitialised float32 array of `shape` (reused)."""
-    size = int(np.prod(shape))
-    arrays = getattr(_local, "arrays", None)
-    if arrays is None:
-        arrays = _local.arrays = {}
-    array = arrays.get(name)
-    if array is None or array.size < size:
-        array = arrays[name] = np.empty(size, np.float32)
-    return array[:size].reshape(shape)
+from .workspace import thread_scratch
 
 
 def _axis_phase(phase, pad, size, length, stride):
@@ -77,7 +62,7 @@ class FlatWindows:
         """(phases, B, rows*Wq) scratch: the phases of (B, H, W) planes,
         `fill` outside the input."""
         count = planes.shape[0]
-        out = scratch(name, (len(self.phases), count, self.rows, self.wq))
+        out = thread_scratch(name, (len(self.phases), count, self.rows, self.wq))
         sh, sw = self.stride
         for phase, ((r0, nr, y0), (q0, nq, x0)) in zip(out, self.phases):
             phase[:, :r0] = fill
@@ -111,7 +96,7 @@ class FlatWindows:
 
     def grid(self, planes):
         """(B, Ho, Wo) planes as a flat (B, Ho*Wq) scratch grid, junk zero."""
-        grid = scratch("grid", (planes.shape[0], self.out_hw[0], self.wq))
+        grid = thread_scratch("grid", (planes.shape[0], self.out_hw[0], self.wq))
         grid[:, :, self.out_hw[1]:] = 0
         grid[:, :, :self.out_hw[1]] = planes
         return grid.reshape(planes.shape[0], -1)

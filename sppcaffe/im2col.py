@@ -108,6 +108,14 @@ def _worker_pool():
     return _pool
 
 
+def set_workers(count):
+    """Split copies over `count` threads from now on (several MPI ranks on
+    one machine share its cores: sppcaffe/parallel)."""
+    global _WORKERS, _pool
+    _WORKERS = max(1, int(count))
+    _pool = None
+
+
 def split_parallel(task, size, elements):
     """Call task(lo, hi) over chunks of range(size), on several threads
     when there is enough work (`elements` touched) to pay for the hand-off."""

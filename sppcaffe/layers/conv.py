@@ -20,6 +20,7 @@ from ..backends import gpu
 from ..fillers import fill
 from ..im2col import Geometry, add_matmul, col2im, im2col
 from ..layer import Layer, register
+from ..workspace import thread_scratch
 
 
 def _spatial_setting(layer, p, field, hw_prefix, default):
@@ -228,9 +229,9 @@ class ConvolutionLayer(Layer):
             np.add(out_t, bias, out=y)
 
     # Without a backward to keep columns for, im2col runs on a few images at
-    # a time: columns that stay in the cache and, for one image, a GEMM that
-    # writes the top directly.
-    forward_column_bytes = 8 << 20
+    # a time, in scratch all layers share: a deploy net then holds one
+    # chunk's columns instead of every layer's whole batch (as fast).
+    forward_column_bytes = 16 << 20
 
     def _forward_chunks(self, x, w2, bias, y):
         n, o, p = y.shape
@@ -240,28 +241,19 @@ class ConvolutionLayer(Layer):
         ph, pw = self.geom.pad
         for lo in range(0, n, step):
             m = min(n, lo + step) - lo
-            col = self._flat("_chunk_cols", k * m * p).reshape(k, m * p)
+            col = thread_scratch("conv_columns", (k, m * p))
             padded = None
             if (ph, pw) != (0, 0):
-                padded = self._flat("_chunk_padded", m * c * (h + 2 * ph) * (w + 2 * pw))
-                padded = padded.reshape(m, c, h + 2 * ph, w + 2 * pw)
+                padded = thread_scratch("conv_padded", (m, c, h + 2 * ph, w + 2 * pw))
             im2col(x[lo:lo + m], self.geom, col, padded)
             if m > 1:
-                out = self._flat("_chunk_out", o * m * p).reshape(o, m * p)
+                out = thread_scratch("conv_products", (o, m * p))
                 self._forward_columns(col, w2, bias, y[lo:lo + m], out)
                 continue
             for og, kg in zip(self._out_groups, self._col_groups):
                 np.matmul(w2[og], col[kg], out=y[lo, og])
             if bias is not None:
                 y[lo] += bias
-
-    def _flat(self, name, size):
-        """A 1-D float32 scratch of at least `size` elements, its first `size`."""
-        buf = getattr(self, name, None)
-        if buf is None or buf.size < size:
-            buf = np.empty(size, np.float32)
-            setattr(self, name, buf)
-        return buf[:size]
 
     def _forward_pointwise(self, x, w2, y):
         # 1x1 stride 1: each image's (C, H*W) block already is its column

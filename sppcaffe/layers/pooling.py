@@ -22,12 +22,12 @@ same file through sppcaffe.layers.window_pool_device.
 import numpy as np
 
 from ..backends import gpu
-from ..flat_windows import FlatWindows, blocks, scratch
+from ..flat_windows import FlatWindows, blocks
 from ..im2col import split_parallel
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..spp_geometry import ceil_div, pooled_size, uniform_bins
-from ..workspace import Workspace
+from ..workspace import Workspace, thread_scratch
 
 _P = caffe_pb2.PoolingParameter
 
@@ -130,7 +130,7 @@ def _combine_windows(x, kernel, stride, pad, out_shape, y, combine, fill):
     def task(lo, hi):
         for start, stop in blocks(lo, hi, block):
             src = windows.split(planes[start:stop], fill)
-            acc = scratch("acc", (stop - start, windows.length))
+            acc = thread_scratch("acc", (stop - start, windows.length))
             np.copyto(acc, windows.view(src, 0))
             for tap in range(1, len(windows.taps)):
                 combine(acc, windows.view(src, tap), out=acc)

@@ -73,6 +73,7 @@ def world():
                 comm = None
         if comm is not None:
             _quiet_other_ranks(comm)
+            _share_cores(comm)
         _world["comm"] = comm
     return _world["comm"]
 
@@ -105,6 +106,29 @@ def _quiet_other_ranks(comm):
             record.msg = prefix + str(record.msg)
         return record
     logging.setLogRecordFactory(record_with_rank)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _share_cores(comm):
+    """Ranks on one machine split its cores: each uses cores / local ranks
+    threads for BLAS and for sppcaffe's own parallel copies (im2col,
+    pooling), instead of every rank starting a thread per core.  A thread
+    count set in the environment (OMP_NUM_THREADS, ...) is kept for BLAS;
+    train_net --threads still sets it for training."""
+    if comm.local_size == 1:
+        return
+    threads = max(1, (os.cpu_count() or 1) // comm.local_size)
+    from .. import im2col
+    im2col.set_workers(threads)
+    if not any(name in os.environ for name in THREAD_VARIABLES):
+        from threadpoolctl import threadpool_limits         # installed with scikit-learn
+        threadpool_limits(limits=threads, user_api="blas")
+    if comm.is_root:
+        logging.getLogger("sppcaffe").info(
+            "%d ranks on this machine (%d cores): %d thread(s) each", comm.local_size,
+            os.cpu_count() or 1, threads)
 
 
 def rank_gpu(gpu, flag="--gpu"):
@@ -145,8 +169,9 @@ def end_all_on_failure(main):
     this rank (a non-zero exit status, or an exception, whose traceback is
     printed) ends every rank at once with MPI_Abort and that status, instead
     of leaving the others waiting for it for ever.  The failing rank's
-    message is on stderr before; when every rank fails alike, ranks other
-    than 0 wait a moment first so that usually rank 0's message alone shows."""
+    message (the tool's error line) is on stderr before.  A traceback of a
+    rank other than 0 is printed after a moment, so that where every rank
+    fails alike rank 0's usually comes alone."""
     @functools.wraps(main)
     def run(*args, **kwargs):
         try:
@@ -169,7 +194,9 @@ def end_all_on_failure(main):
         if status and started():
             sys.stderr.flush()
             sys.stdout.flush()
-            comm = world()
-            comm.abort(status)
+            # The launcher forwards our output through a pipe and stops doing so
+            # when it kills the job: give it time to pass the message on.
+            time.sleep(0.5)
+            world().abort(status)
         return status
     return run
