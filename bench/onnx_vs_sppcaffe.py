@@ -22,13 +22,14 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from zf5_spp_vs_torch import median_ms  # noqa: E402  (one timing loop for the benches)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -68,17 +69,6 @@ def images(batch):
     return np.random.default_rng(1).standard_normal((batch, 3, 224, 224), dtype=np.float32)
 
 
-def median_ms(step, warmup, runs):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 # ---- worker: one framework, one net, one batch ------------------------------------
 
 def worker(args):
@@ -99,7 +89,7 @@ def worker(args):
 
         def step():
             session.run(None, {"data": x})
-    print(json.dumps({"ms": median_ms(step, args.warmup, args.runs)}))
+    print(json.dumps({"ms": median_ms(step, args.warmup, args.runs)[0]}))
 
 
 def run_worker(args, framework, net, batch, model):

@@ -129,6 +129,22 @@ class Layer:
         blob = Blob(shape, name=f"{self.name}/{index}")
         return blob
 
+    def setup_param_blobs(self, shapes, fillers):
+        """Caffe's LayerSetUp pattern: blobs that already exist (given before
+        setup) must have `shapes`; otherwise create them, each filled by its
+        FillerParameter."""
+        shapes = [tuple(s) for s in shapes]
+        if self.blobs:
+            if [b.shape for b in self.blobs] != shapes:
+                raise self.error(f"parameter shapes {[b.shape for b in self.blobs]} "
+                                 f"do not match the expected {shapes}")
+            return
+        from .fillers import fill       # fillers reach the GPU backend: imported late
+        for i, (shape, filler) in enumerate(zip(shapes, fillers)):
+            blob = self.new_param_blob(shape, i)
+            fill(blob, filler)
+            self.blobs.append(blob)
+
     def allow_force_backward(self, bottom_index):
         return True
 

@@ -11,16 +11,16 @@ decoders may differ in the last bit on some builds.
 """
 import os
 
-import cv2
 import numpy as np
-import skimage
-import skimage.color
-import skimage.transform
-from scipy.ndimage import zoom
+
+# OpenCV, scikit-image and SciPy are imported by the functions that use
+# them: `import sppcaffe` loads this module, and scipy.ndimage alone takes
+# a quarter of a second to import.
 
 
 def _read_rgb(filename):
     """The file's pixels as decoded (native depth), HxW or HxWxC in RGB(A)."""
+    import cv2
     from ..data.image import decode_image     # sppcaffe.data imports sppcaffe.io
     path = os.fspath(filename)
     try:
@@ -42,6 +42,8 @@ def load_image(filename, color=True):
     """An image file as a float32 array in [0, 1]: (H, W, 3) RGB when `color`
     (grey images repeated over 3 channels, alpha dropped), else (H, W, 1)
     intensity (colour images converted as scikit-image's rgb2gray)."""
+    import skimage
+    import skimage.color
     image = _read_rgb(filename)
     if not color and image.ndim == 3:
         if image.shape[2] == 4:
@@ -61,6 +63,8 @@ def resize_image(im, new_dims, interp_order=1):
     """`im` (H, W, K) resized to new_dims = (height, width), keeping K;
     `interp_order` is the spline order (1: bilinear, 0: nearest).  Returns
     float32."""
+    import skimage.transform
+    from scipy.ndimage import zoom
     im = np.asarray(im)
     new_dims = tuple(int(d) for d in new_dims)
     if im.shape[-1] in (1, 3):

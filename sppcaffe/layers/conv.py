@@ -17,7 +17,6 @@ import numpy as np
 
 from .. import depthwise
 from ..backends import gpu
-from ..fillers import fill
 from ..im2col import Geometry, add_matmul, col2im, im2col
 from ..layer import Layer, register
 from ..workspace import thread_scratch
@@ -69,7 +68,9 @@ class ConvolutionLayer(Layer):
     gpu_column_bytes = 256 << 20
 
     # ---- setup --------------------------------------------------------
-    def layer_setup(self, bottom, top):
+    def _read_convolution_param(self, bottom, top):
+        """The fields Convolution and Deconvolution share, checked; the
+        ConvolutionParameter."""
         if len(bottom) != len(top):
             raise self.error(f"needs as many tops as bottoms, got {len(bottom)} bottom(s) "
                              f"and {len(top)} top(s)")
@@ -85,6 +86,10 @@ class ConvolutionLayer(Layer):
         if self.group < 1 or self.channels % self.group or self.num_output % self.group:
             raise self.error(f"group {self.group} must divide both the input channels "
                              f"({self.channels}) and num_output ({self.num_output})")
+        return p
+
+    def layer_setup(self, bottom, top):
+        p = self._read_convolution_param(bottom, top)
         kh, kw = self.geom.kernel
         weight_shape = (self.num_output, self.channels // self.group, kh, kw)
         self._setup_params(p, weight_shape)
@@ -108,16 +113,7 @@ class ConvolutionLayer(Layer):
 
     def _setup_params(self, p, weight_shape):
         shapes = [weight_shape] + ([(self.num_output,)] if self.bias_term else [])
-        if self.blobs:
-            if [b.shape for b in self.blobs] != shapes:
-                raise self.error(f"parameter shapes {[b.shape for b in self.blobs]} "
-                                 f"do not match the expected {shapes}")
-            return
-        fillers = [p.weight_filler, p.bias_filler]
-        for i, shape in enumerate(shapes):
-            blob = self.new_param_blob(shape, i)
-            fill(blob, fillers[i])
-            self.blobs.append(blob)
+        self.setup_param_blobs(shapes, [p.weight_filler, p.bias_filler])
 
     # ---- reshape ------------------------------------------------------
     def reshape(self, bottom, top):

@@ -60,21 +60,7 @@ class DeconvolutionLayer(ConvolutionLayer):
 
     # ---- setup --------------------------------------------------------
     def layer_setup(self, bottom, top):
-        if len(bottom) != len(top):
-            raise self.error(f"needs as many tops as bottoms, got {len(bottom)} bottom(s) "
-                             f"and {len(top)} top(s)")
-        p = self.param.convolution_param
-        self._check_axes(p, bottom[0].shape)
-        self.geom = read_geometry(self, p)
-        self.channels = bottom[0].shape[1]
-        self.num_output = p.num_output
-        self.group = p.group
-        self.bias_term = p.bias_term
-        if self.num_output < 1:
-            raise self.error("num_output must be positive")
-        if self.group < 1 or self.channels % self.group or self.num_output % self.group:
-            raise self.error(f"group {self.group} must divide both the input channels "
-                             f"({self.channels}) and num_output ({self.num_output})")
+        p = self._read_convolution_param(bottom, top)
         kh, kw = self.geom.kernel
         # Caffe's reverse_dimensions(): the convolution this one transposes
         # has num_output = C_in and C_out input channels.

@@ -8,7 +8,6 @@ There is no gradient for the indices themselves.
 import numpy as np
 
 from ..backends import gpu
-from ..fillers import fill
 from ..layer import Layer, register
 
 
@@ -29,15 +28,7 @@ class EmbedLayer(Layer):
         shapes = [(self.input_dim, self.num_output)]
         if self.bias_term:
             shapes.append((self.num_output,))
-        if self.blobs:
-            if [b.shape for b in self.blobs] != shapes:
-                raise self.error(f"parameter shapes {[b.shape for b in self.blobs]} "
-                                 f"do not match the expected {shapes}")
-        else:
-            for i, (shape, filler) in enumerate(zip(shapes, (p.weight_filler, p.bias_filler))):
-                blob = self.new_param_blob(shape, i)
-                fill(blob, filler)
-                self.blobs.append(blob)
+        self.setup_param_blobs(shapes, [p.weight_filler, p.bias_filler])
         self.param_propagate_down = [True] * len(self.blobs)
 
     def reshape(self, bottom, top):

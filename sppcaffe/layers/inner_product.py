@@ -2,8 +2,7 @@
 import numpy as np
 
 from ..backends import gpu
-from ..fillers import fill
-from ..im2col import add_matmul
+from ..threads import add_matmul, matmul
 from ..layer import Layer, canonical_axis, register
 
 
@@ -29,15 +28,7 @@ class InnerProductLayer(Layer):
         weight_shape = ((self.inputs, self.num_output) if self.transpose
                         else (self.num_output, self.inputs))
         shapes = [weight_shape] + ([(self.num_output,)] if self.bias_term else [])
-        if self.blobs:
-            if [b.shape for b in self.blobs] != shapes:
-                raise self.error(f"parameter shapes {[b.shape for b in self.blobs]} "
-                                 f"do not match the expected {shapes}")
-        else:
-            for i, (shape, filler) in enumerate(zip(shapes, (p.weight_filler, p.bias_filler))):
-                blob = self.new_param_blob(shape, i)
-                fill(blob, filler)
-                self.blobs.append(blob)
+        self.setup_param_blobs(shapes, [p.weight_filler, p.bias_filler])
         self.param_propagate_down = [True] * len(self.blobs)
         self._bottom_shape = None
 
@@ -64,7 +55,7 @@ class InnerProductLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self._rows, self.inputs)
         y = top[0].data.reshape(self._rows, self.num_output)
-        np.matmul(x, self._weights_nk(self.blobs[0].data).T, out=y)
+        matmul(x, self._weights_nk(self.blobs[0].data).T, y)
         if self.bias_term:
             y += self.blobs[1].data
 
@@ -80,7 +71,7 @@ class InnerProductLayer(Layer):
             self.blobs[1].diff += dy.sum(axis=0, dtype=np.float32)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self._rows, self.inputs)
-            np.matmul(dy, self._weights_nk(self.blobs[0].data), out=dx)
+            matmul(dy, self._weights_nk(self.blobs[0].data), dx)
 
     # ---- device code: the same products with cuBLAS (row-major) ----------
     # x is (rows, K); W is (num_output, K), or (K, num_output) transposed.

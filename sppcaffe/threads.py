@@ -1,0 +1,334 @@
+"""Matrix products on several cores that stay fast when the cores are shared,
+and whose results do not depend on how many threads computed them.
+
+OpenBLAS's own threads are fast on an idle machine and collapse on a busy
+one: its threads wait for each other at every step of a product, so when
+another process takes one core away, a product on two threads can run 30x
+slower than on one (a 50x4096 by 4096x500 product: 1.2 GFLOP/s on 2 threads
+against 35 on 1).  Its results also depend on the thread count (it blocks
+the sum over K differently), so choosing threads by load would make
+training results depend on the load.
+
+So the products here run OpenBLAS on one thread and split the work
+themselves, in column (or row) blocks fixed by the shape alone: every block
+is an independent one-thread product, and the result is the same bits
+whether one thread computes all blocks or several share them.  Threads
+take blocks from a shared counter, so a thread that the scheduler pauses
+delays only the block it holds.  How many threads to use is then a pure
+speed question, answered per product shape by timing both ways (`Chooser`):
+all threads on an idle machine, the calling thread alone when a competing
+process makes the hand-offs cost more than they bring.
+
+The thread limit is the BLAS library's (threadpoolctl's `threadpool_limits`,
+OPENBLAS_NUM_THREADS, train_net --threads, the MPI ranks' share of the
+cores): read when a product starts, and put back when it ends.
+"""
+import itertools
+import os
+import queue
+import threading
+import time
+
+import numpy as np
+
+# A block is at least this many multiply-adds (smaller ones cost more to
+# hand over than to compute) and at least MIN_BLOCK_WIDTH columns or rows
+# (OpenBLAS computes one-row products by another routine, in another
+# order); at most MAX_BLOCKS blocks per product.
+MIN_BLOCK_MACS = 2_000_000
+MIN_BLOCK_WIDTH = 16
+MAX_BLOCKS = 8
+
+
+# ---------------------------------------------------------------------------
+# The BLAS library's thread count
+# ---------------------------------------------------------------------------
+class _BlasThreads:
+    """Get and set the thread count of the BLAS libraries NumPy loaded
+    (threadpoolctl finds them: OpenBLAS, MKL, BLIS)."""
+
+    def __init__(self):
+        from threadpoolctl import ThreadpoolController
+        self.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+
+    def get(self):
+        return max((c.get_num_threads() or 1 for c in self.controllers), default=1)
+
+    def set(self, count):
+        for c in self.controllers:
+            c.set_num_threads(count)
+
+
+_blas = None
+
+
+def _blas_threads():
+    global _blas
+    if _blas is None:
+        _blas = _BlasThreads()
+    return _blas
+
+
+def blas_thread_limit():
+    """The thread count the BLAS library is set to use (the limit here)."""
+    return _blas_threads().get()
+
+
+# ---------------------------------------------------------------------------
+# Blocks of a product: fixed by the shape
+# ---------------------------------------------------------------------------
+def block_bounds(rows, inner, cols):
+    """How (rows x inner) @ (inner x cols) is cut: (axis, bounds), axis 1
+    for column blocks, 0 for row blocks, or (None, None) for one block.
+    Depends on the shape alone, so the result never depends on threads."""
+    macs = rows * inner * cols
+    axis, extent = (1, cols) if cols >= rows else (0, rows)
+    blocks = min(MAX_BLOCKS, macs // MIN_BLOCK_MACS, extent // MIN_BLOCK_WIDTH)
+    if blocks < 2:
+        return None, None
+    # Block edges on multiples of 16 keep OpenBLAS's kernels on full panels.
+    step = -(-extent // blocks)
+    step = -(-step // 16) * 16
+    return axis, list(range(0, extent, step)) + [extent]
+
+
+# ---------------------------------------------------------------------------
+# Worker threads
+# ---------------------------------------------------------------------------
+class _Job:
+    """Tasks that the calling thread and the helpers take by index."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+        self.indices = itertools.count()            # next() is atomic under the GIL
+        self.lock = threading.Lock()
+        self.left = len(tasks)
+        self.finished = threading.Event()
+        self.error = None
+
+    def work(self):
+        for i in self.indices:
+            if i >= len(self.tasks):
+                return
+            try:
+                self.tasks[i]()
+            except BaseException as err:            # re-raised by the caller
+                self.error = err
+            with self.lock:
+                self.left -= 1
+                if self.left == 0:
+                    self.finished.set()
+
+
+class _Pool:
+    """Helper threads that sleep (not spin) between jobs."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.queues = []
+
+    def grow(self, helpers):
+        while len(self.queues) < helpers:
+            jobs = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(jobs,), daemon=True,
+                             name=f"sppcaffe-gemm-{len(self.queues)}").start()
+            self.queues.append(jobs)
+
+    @staticmethod
+    def _serve(jobs):
+        while True:
+            jobs.get().work()
+
+    def run(self, tasks, threads):
+        """Run `tasks` on the calling thread and threads - 1 helpers."""
+        self.grow(threads - 1)
+        job = _Job(tasks)
+        for jobs in self.queues[:threads - 1]:
+            jobs.put(job)
+        job.work()
+        job.finished.wait()
+        if job.error is not None:
+            raise job.error
+
+
+_pool = None
+
+
+def _the_pool():
+    # A pool inherited through fork() has no threads: make a new one.
+    global _pool
+    if _pool is None or _pool.pid != os.getpid():
+        _pool = _Pool()
+    return _pool
+
+
+class _OneBlasThread:
+    """Inside: the BLAS library on one thread; the limit it had is kept in
+    `limit` and put back when the last product running (in any thread)
+    ends."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.limit = 1
+
+    def __enter__(self):
+        blas = _blas_threads()
+        with self.lock:
+            if self.depth == 0:
+                self.limit = blas.get() if blas.controllers else 1
+                if self.limit != 1:
+                    blas.set(1)
+            self.depth += 1
+            return self.limit
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0 and self.limit != 1:
+                _blas_threads().set(self.limit)
+
+
+_one_blas_thread = _OneBlasThread()
+
+
+# ---------------------------------------------------------------------------
+# Choosing the thread count by measured time
+# ---------------------------------------------------------------------------
+class Chooser:
+    """Per product shape, whether several threads beat one, by timing both.
+
+    A shape is timed `trials` times each way after a warm-up call; then the
+    faster way runs.  When the way taken gets slower than the other way's
+    last time (another process took a core), the other way runs next.  The
+    way not taken is tried again from time to time, less and less often
+    while it keeps losing (`backoff` seconds, doubling up to `max_backoff`),
+    so a busy machine pays for few failed tries and an idle one gets its
+    threads back within seconds.  The tries share one clock over all
+    shapes: a busy machine is busy for all of them."""
+
+    trials = 2
+    min_backoff, max_backoff = 0.05, 4.0
+    # A try wins only when clearly faster: ways about as fast as each other
+    # would otherwise keep resetting the backoff by chance.
+    win_margin = 0.9
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.shapes = {}
+        self.next_try = 0.0
+        self.backoff = self.min_backoff
+
+    def choose(self, key, threads):
+        """(threads to use, whether this call tries the way not taken)."""
+        state = self.shapes.get(key)
+        if state is None:
+            state = self.shapes[key] = _ShapeState()
+        calls = state.calls
+        if calls == 0:
+            return threads, False                    # warm-up: first-touch costs
+        if calls <= 2 * self.trials:
+            return (1 if calls % 2 else threads), False
+        if self.clock() >= self.next_try:
+            return (threads if state.use_one else 1), True
+        return (1 if state.use_one else threads), False
+
+    def record(self, key, used_one, seconds, tried):
+        state = self.shapes[key]
+        state.calls += 1
+        times = state.times
+        if state.calls == 1:
+            return
+        if state.calls <= 2 * self.trials + 1:               # the timed trials: best of each way
+            times[used_one] = min(seconds, times.get(used_one, seconds))
+            if state.calls == 2 * self.trials + 1:
+                state.use_one = times[True] <= times[False]
+                self.next_try = max(self.next_try, self.clock() + self.backoff)
+            return
+        if tried:
+            if seconds < self.win_margin * times[state.use_one]:
+                state.use_one = used_one
+                self.backoff = self.min_backoff
+            else:
+                self.backoff = min(2 * self.backoff, self.max_backoff)
+            times[used_one] = seconds
+            self.next_try = self.clock() + self.backoff
+            return
+        times[used_one] = seconds
+        if seconds > times[not used_one]:
+            state.use_one = not used_one
+
+
+class _ShapeState:
+    __slots__ = ("calls", "times", "use_one")
+
+    def __init__(self):
+        self.calls = 0
+        self.times = {}          # used one thread? -> seconds
+        self.use_one = False
+
+
+_chooser = Chooser()
+
+
+# ---------------------------------------------------------------------------
+# The products
+# ---------------------------------------------------------------------------
+def matmul(a, b, out, accumulate=False):
+    """out = a @ b (or out += a @ b with `accumulate`) for 2-d float32
+    arrays, on up to the BLAS thread limit's threads; the bits do not depend
+    on the thread count.  `out` may be a strided view (unit column stride)."""
+    rows, inner = a.shape
+    cols = b.shape[1]
+    axis, bounds = block_bounds(rows, inner, cols)
+    with _one_blas_thread as limit:
+        if axis is None:
+            _product(a, b, out, accumulate)
+            return out
+        pieces = zip(bounds[:-1], bounds[1:])
+        if axis == 1:
+            tasks = [_task(a, b[:, lo:hi], out[:, lo:hi], accumulate) for lo, hi in pieces]
+        else:
+            tasks = [_task(a[lo:hi], b, out[lo:hi], accumulate) for lo, hi in pieces]
+        threads = min(limit, len(tasks))
+        if threads < 2:
+            for task in tasks:
+                task()
+            return out
+        key = (rows, inner, cols, a.strides, b.strides, accumulate)
+        chosen, tried = _chooser.choose(key, threads)
+        start = time.perf_counter()
+        if chosen == 1:
+            for task in tasks:
+                task()
+        else:
+            _the_pool().run(tasks, chosen)
+        _chooser.record(key, chosen == 1, time.perf_counter() - start, tried)
+    return out
+
+
+def add_matmul(a, b, out):
+    """out += a @ b (see matmul)."""
+    return matmul(a, b, out, accumulate=True)
+
+
+def _task(a, b, out, accumulate):
+    return lambda: _product(a, b, out, accumulate)
+
+
+def _product(a, b, out, accumulate):
+    if not accumulate:
+        np.matmul(a, b, out=out)
+        return
+    # Through a block-sized scratch (a parameter gradient accumulates; a
+    # full-size temporary would cost as much memory as the weights).
+    rows = out.shape[0]
+    step = max(1, _ACCUMULATE_ELEMENTS // max(1, out.shape[1]))
+    scratch = np.empty((min(step, rows), out.shape[1]), out.dtype)
+    for lo in range(0, rows, step):
+        part = scratch[:min(step, rows - lo)]
+        np.matmul(a[lo:lo + step], b, out=part)
+        out[lo:lo + step] += part
+
+
+_ACCUMULATE_ELEMENTS = 1 << 21      # 8 MB scratch at most, as im2col.add_matmul
