@@ -36,6 +36,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # competing_load
 
 TRAIN_VAL = os.path.join(ROOT, "models", "zf5_spp", "train_val.prototxt")
 DEPLOY = os.path.join(ROOT, "models", "zf5_spp", "deploy.prototxt")
@@ -267,7 +268,9 @@ def spawn(args, *extra):
         env[var] = str(args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
            "--runs", str(args.runs), "--warmup", str(args.warmup), *extra]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    from competing_load import competing_process
+    with competing_process(getattr(args, "competitor", False) and extra[1] != "check"):
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         sys.exit(f"worker {' '.join(extra)} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -313,6 +316,9 @@ def main():
                         help="repeat every measurement this often, keep the best median")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for both libraries (default: 2, this machine's cores)")
+    parser.add_argument("--competitor", action="store_true",
+                        help="time every case beside a CPU-bound `python -c \"while True: "
+                             "pass\"` process on the same cores (bench/competing_load.py)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip checking that both nets compute the same thing")
     parser.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "BATCH", "MODE"),
@@ -324,7 +330,8 @@ def main():
         return worker(args)
 
     print(environment(args.threads))
-    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}"
+          + ("; every case timed beside a busy process" if args.competitor else ""))
     if not args.no_check:
         errors = spawn(args, "--worker", "check", "2", "-")["errors"]
         print("check, relative error sppcaffe vs torch (TEST phase, same weights): "

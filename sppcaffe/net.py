@@ -544,6 +544,10 @@ class Net:
 
     def _backward_layer(self, li, gpu):
         layer = self.layers[li]
+        if all(layer.param_propagate_down):         # nothing frozen: the usual case
+            run = layer.backward_gpu if gpu else layer.backward
+            run(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
+            return
         frozen = [(p, _saved_diff(p, gpu, self._frozen_diffs, f"{li}/{i}")) for i, (p, learns)
                   in enumerate(zip(layer.blobs, layer.param_propagate_down)) if not learns]
         run = layer.backward_gpu if gpu else layer.backward

@@ -34,10 +34,15 @@ import numpy as np
 # A block is at least this many multiply-adds (smaller ones cost more to
 # hand over than to compute) and at least MIN_BLOCK_WIDTH columns or rows
 # (OpenBLAS computes one-row products by another routine, in another
-# order); at most MAX_BLOCKS blocks per product.
-MIN_BLOCK_MACS = 2_000_000
+# order).  Every block packs the whole of the other operand again, so there
+# are few: at most two per core, 4 to 16 (the count depends on the machine's
+# cores, never on the threads a product gets).
+MIN_BLOCK_MACS = 4_000_000
+# BLAS libraries compute products this small on one thread whatever their
+# setting (OpenBLAS below 4 x 65536 multiply-adds): no thread count to set.
+SINGLE_THREAD_MACS = 65536
 MIN_BLOCK_WIDTH = 16
-MAX_BLOCKS = 8
+MAX_BLOCKS = min(16, max(4, 2 * (os.cpu_count() or 1)))
 
 
 # ---------------------------------------------------------------------------
@@ -45,18 +50,53 @@ MAX_BLOCKS = 8
 # ---------------------------------------------------------------------------
 class _BlasThreads:
     """Get and set the thread count of the BLAS libraries NumPy loaded
-    (threadpoolctl finds them: OpenBLAS, MKL, BLIS)."""
+    (threadpoolctl finds them: OpenBLAS, MKL, BLIS).  OpenBLAS's own
+    functions are called directly: a product changes the count twice, and
+    threadpoolctl lets only the first thread that set it set it again."""
 
     def __init__(self):
         from threadpoolctl import ThreadpoolController
-        self.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.getters, self.setters = [], []
+        for lib in _numpy_blas(ThreadpoolController().select(user_api="blas").lib_controllers):
+            functions = _openblas_functions(lib)
+            if functions is None:
+                functions = lib.get_num_threads, lib.set_num_threads
+            self.getters.append(functions[0])
+            self.setters.append(functions[1])
+        self.controls = bool(self.getters)
 
     def get(self):
-        return max((c.get_num_threads() or 1 for c in self.controllers), default=1)
+        return max((get() or 1 for get in self.getters), default=1)
 
     def set(self, count):
-        for c in self.controllers:
-            c.set_num_threads(count)
+        for set_threads in self.setters:
+            set_threads(count)
+
+
+def _numpy_blas(libs):
+    """The BLAS libraries NumPy's wheel ships (OpenCV's wheel brings an
+    OpenBLAS of its own, which NumPy never calls); all of them when none is
+    NumPy's (a NumPy built against the system's BLAS)."""
+    # site-packages/numpy.libs (Linux, Windows) or site-packages/numpy/.dylibs (macOS)
+    numpy_folder = os.path.dirname(np.__file__)
+    own = [lib for lib in libs if lib.filepath and lib.filepath.startswith(numpy_folder)]
+    return own or libs
+
+
+def _openblas_functions(lib):
+    """(get, set) of an OpenBLAS with its own threads (not OpenMP's, whose
+    count is per calling thread), by its exported names, or None."""
+    if getattr(lib, "internal_api", None) != "openblas" or \
+            getattr(lib, "threading_layer", None) == "openmp":
+        return None
+    dynlib = getattr(lib, "dynlib", None)
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            get = getattr(dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_threads = getattr(dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_threads is not None:
+                return get, set_threads
+    return None
 
 
 _blas = None
@@ -86,10 +126,16 @@ def block_bounds(rows, inner, cols):
     blocks = min(MAX_BLOCKS, macs // MIN_BLOCK_MACS, extent // MIN_BLOCK_WIDTH)
     if blocks < 2:
         return None, None
-    # Block edges on multiples of 16 keep OpenBLAS's kernels on full panels.
+    # Block edges on multiples of 16 keep OpenBLAS's kernels on full panels;
+    # a short remainder joins the last block.
     step = -(-extent // blocks)
     step = -(-step // 16) * 16
-    return axis, list(range(0, extent, step)) + [extent]
+    bounds = list(range(0, extent, step))
+    if extent - bounds[-1] < MIN_BLOCK_WIDTH:
+        bounds.pop()
+    if len(bounds) < 2:
+        return None, None
+    return axis, bounds + [extent]
 
 
 # ---------------------------------------------------------------------------
@@ -176,7 +222,7 @@ class _OneBlasThread:
         blas = _blas_threads()
         with self.lock:
             if self.depth == 0:
-                self.limit = blas.get() if blas.controllers else 1
+                self.limit = blas.get() if blas.controls else 1
                 if self.limit != 1:
                     blas.set(1)
             self.depth += 1
@@ -280,6 +326,9 @@ def matmul(a, b, out, accumulate=False):
     on the thread count.  `out` may be a strided view (unit column stride)."""
     rows, inner = a.shape
     cols = b.shape[1]
+    if rows * inner * cols <= SINGLE_THREAD_MACS:
+        _product(a, b, out, accumulate)
+        return out
     axis, bounds = block_bounds(rows, inner, cols)
     with _one_blas_thread as limit:
         if axis is None:

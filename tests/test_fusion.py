@@ -108,3 +108,34 @@ def test_resnet50_folded_equals_unfolded():
     for name, ref in results[1].items():
         err = np.linalg.norm(results[0][name] - ref) / max(np.linalg.norm(ref), 1e-30)
         assert err < 1e-5, name
+
+
+SMALL_MAP = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 16 dim: 3 dim: 3 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 }
+                            bias_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+"""
+
+
+def test_scale_onto_the_output_where_it_is_smaller_than_the_weights():
+    """1 x 3 x 3 outputs per channel against 16 x 3 x 3 weights: the fold's
+    scale multiplies the output instead (ResNet's late layers at batch 1)."""
+    results = []
+    for fold in (True, False):
+        net = sppcaffe.Net(text_format.Parse(SMALL_MAP, caffe_pb2.NetParameter()), sppcaffe.TEST,
+                           fold_batchnorm=fold)
+        rng = np.random.default_rng(1)
+        for blobs in net.params.values():
+            for blob in blobs:
+                blob.data[...] = rng.uniform(0.5, 2, blob.shape)
+        net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+        conv = net.layer_dict["conv"]
+        conv.fold = net._folds[0].affine if fold else None
+        if fold:
+            assert conv._folded(conv.blobs[0].data.reshape(6, -1), None)[1] is not None
+        conv.fold = None
+        results.append(outputs(net)["conv"])
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5)

@@ -46,9 +46,11 @@ def build_parser():
                         help="shape of an input blob (or of a data layer's top, whose source "
                              "is then not opened); repeat for each")
     add_net_state_arguments(parser, "TEST")
-    from ..onnx.export import DEFAULT_OPSET
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help="ONNX opset version (default: %(default)s)")
+    # No default read from sppcaffe.onnx here: importing onnx takes most of
+    # a second, which --help need not pay (nor fail on without the extra).
+    parser.add_argument("--opset", type=int,
+                        help="ONNX opset version (default: the exporter's, DEFAULT_OPSET in "
+                             "sppcaffe/onnx/export.py)")
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="leave the first axis of the inputs free")
     parser.add_argument("--dynamic-size", action="store_true",
@@ -96,9 +98,12 @@ def _shape_text(info):
 def run(args):
     try:
         from ..onnx import export
+        from ..onnx.export import DEFAULT_OPSET
         from ..onnx.verify import compare
     except ImportError as err:
         raise CliError(f"{err}: install the ONNX extra, pip install 'sppcaffe[onnx]'") from None
+    if args.opset is None:
+        args.opset = DEFAULT_OPSET
     net = load_net(args)
     model = export(net, args.output, inputs=dict(args.inputs), outputs=args.outputs,
                    opset=args.opset, dynamic_batch=args.dynamic_batch,

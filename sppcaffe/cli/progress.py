@@ -1,6 +1,6 @@
 """What a training run shows and leaves behind: Caffe-style log lines on
 stderr, a progress bar, and the loss/accuracy curves as a CSV file and a
-PNG plot.
+PNG plot (drawn by curve_plot.py).
 
 The log lines carry glog's prefix (`I1121 20:31:45.123456 12345
 solver.py:312] Iteration 100, loss = 0.5`), so tools written for Caffe
@@ -9,7 +9,6 @@ curves are solver listeners (`solver.add_listener`), fed the numbers the
 solver logs.
 """
 import csv
-import io as _io
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..io.atomic import atomic_write
+from . import curve_plot
 
 LOGGER_NAMES = ("sppcaffe", "py.warnings")
 LEVEL_LETTERS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W",
@@ -202,75 +202,25 @@ class TrainingCurves:
 
     def series(self, phase, net=None):
         """{output: ([iterations], [values])} of one phase (and test net)."""
-        out = {}
-        for iteration, _, row_phase, row_net, output, value in self.rows:
-            if row_phase == phase and (net is None or row_net == net):
-                its, values = out.setdefault(output, ([], []))
-                its.append(iteration)
-                values.append(value)
-        return out
+        return curve_plot.series(self.rows, phase, net)
 
-    def write_plot(self, path, title=""):
+    def write_plot(self, path, title="", plotter=None):
         """Training loss (and test losses) against iterations on top, the
-        other test outputs (accuracy) below."""
-        # The object API with the Agg canvas: no pyplot, no display needed,
-        # and the process's matplotlib backend is left alone.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        test_nets = sorted({row[3] for row in self.rows if row[2] == "test"})
-        scores = {}                     # (net, output) -> series, for the lower panel
-        figure = Figure(figsize=(8, 7 if test_nets else 4), dpi=100)
-        FigureCanvasAgg(figure)
-        top = figure.add_subplot(2 if test_nets else 1, 1, 1)
-        train = self.series("train")
-        if "smoothed_loss" in train:
-            top.plot(*train["smoothed_loss"], label="train loss (smoothed)", color="C0")
-        colours = iter(f"C{k}" for k in range(1, 1000))     # C0 is the training loss's
-        for net in test_nets:
-            for output, (its, values) in self.series("test", net).items():
-                base = output.split("#")[0]
-                if base in self.test_losses.get(net, ()) or \
-                        (net not in self.test_losses and "loss" in base):
-                    top.plot(its, values, "o-", label=f"test #{net} {output}", markersize=3,
-                             color=next(colours))
-                else:
-                    scores[net, output] = (its, values)
-        top.set_xlabel("iteration")
-        top.set_ylabel("loss")
-        top.grid(True, alpha=0.3)
-        top.legend(loc="upper right", fontsize="small")
-        if title:
-            top.set_title(title)
-        if test_nets:
-            bottom = figure.add_subplot(2, 1, 2, sharex=top)
-            for (net, output), (its, values) in scores.items():
-                bottom.plot(its, values, "o-", label=f"test #{net} {output}", markersize=3,
-                            color=next(colours))
-                last = values[-1]
-                bottom.annotate(f"{last:.3g}", (its[-1], last), textcoords="offset points",
-                                xytext=(4, 4), fontsize="small")
-            values = [v for _, vs in scores.values() for v in vs]
-            if values and 0 <= min(values) and max(values) <= 1:
-                bottom.set_ylim(0, 1.02)
-            bottom.set_xlabel("iteration")
-            bottom.set_ylabel("test output")
-            bottom.grid(True, alpha=0.3)
-            if scores:
-                bottom.legend(loc="lower right", fontsize="small")
-        figure.tight_layout()
-        buffer = _io.BytesIO()
-        figure.savefig(buffer, format="png")
+        other test outputs (accuracy) below; drawn by `plotter` (a
+        curve_plot.PlotProcess started with the training) when it can."""
+        png = plotter.render(self.rows, self.test_losses, title) if plotter else None
+        if png is None:
+            png = curve_plot.render(self.rows, self.test_losses, title)
         with atomic_write(path, "wb") as f:
-            f.write(buffer.getvalue())
+            f.write(png)
 
-    def write(self, prefix, title=""):
+    def write(self, prefix, title="", plotter=None):
         """`<prefix>_training.csv` and `<prefix>_training.png`; their paths."""
         csv_path, png_path = curve_paths(prefix)
         folder = os.path.dirname(os.path.abspath(csv_path))
         os.makedirs(folder, exist_ok=True)
         self.write_csv(csv_path)
-        self.write_plot(png_path, title)
+        self.write_plot(png_path, title, plotter)
         return csv_path, png_path
 
 

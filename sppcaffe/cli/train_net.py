@@ -38,7 +38,7 @@ from ..proto import caffe_pb2
 from ..solvers import get_solver
 from ..solvers.signals import ACTIONS, SNAPSHOT, STOP
 from ..solvers.solver import default_snapshot_prefix
-from . import config, progress
+from . import config, curve_plot, progress
 from . import CliError, add_gpu_argument, device_for, require_file, select_device
 
 PROG = "train_net"
@@ -249,6 +249,8 @@ def run_solver(solver, param, args, comm=None):
     if root:
         solver.add_listener(curves)
     bar = progress.ProgressBar(solver, enabled=sys.stderr.isatty() and not args.no_progress)
+    # matplotlib gets ready in another process while training runs.
+    plotter = curve_plot.PlotProcess() if root and not args.no_plot else None
     log.info("Starting Optimization")
     try:
         solver.solve()
@@ -256,8 +258,10 @@ def run_solver(solver, param, args, comm=None):
         bar.close()
         if curves.rows and not args.no_plot:
             title = f"{solver.net.name} ({os.path.basename(args.solver)})"
-            csv_path, png_path = curves.write(param.snapshot_prefix, title)
+            csv_path, png_path = curves.write(param.snapshot_prefix, title, plotter)
             log.info("Training curves written to %s and %s", png_path, csv_path)
+        if plotter is not None:
+            plotter.close()
     if comm is not None:
         data_parallel.finish()
 

@@ -7,7 +7,6 @@ of rows; a batch takes rows in order and runs on into the next file.
 `shuffle` permutes the file order (again at every pass) and the rows of
 every file.  Files are loaded whole, one at a time.
 """
-import h5py
 import numpy as np
 
 from ..io.files import path_problem, read_text_file
@@ -57,6 +56,7 @@ class HDF5BatchReader(BatchReader):
         if problem:
             raise self.error(f"cannot open HDF5 file '{path}' (listed in '{self.source}'): "
                              f"{problem}")
+        import h5py                 # imported when used: `import sppcaffe` stays light
         try:
             with h5py.File(path, "r") as f:
                 missing = [name for name in self.top_names

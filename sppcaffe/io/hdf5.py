@@ -9,8 +9,9 @@ snapshot_diff, `diff/<layer>/<i>`).
 import contextlib
 import os
 
-import h5py
 import numpy as np
+
+# h5py is imported by the functions that use it: `import sppcaffe` stays light.
 
 from .atomic import atomic_write
 from .files import check_file
@@ -23,6 +24,7 @@ class HDF5SnapshotError(ValueError):
 @contextlib.contextmanager
 def create(path):
     """An h5py File written under a temporary name and renamed into place."""
+    import h5py
     with atomic_write(path, "w+b") as f:
         with h5py.File(f, "w") as h5:
             yield h5
@@ -31,6 +33,7 @@ def create(path):
 def open_for_reading(path, what):
     """The h5py File at `path`, open for reading; errors name the file and
     `what` it was to be read as (HDF5SnapshotError: not an HDF5 file)."""
+    import h5py
     check_file(path, what)
     try:
         return h5py.File(path, "r")
@@ -50,6 +53,7 @@ def load_int(group, name, source):
 
 
 def save_string(group, name, text):
+    import h5py
     raw = text.encode() + b"\0"            # H5LTmake_dataset_string stores strlen + 1 bytes
     tid = h5py.h5t.C_S1.copy()
     tid.set_size(len(raw))

@@ -54,6 +54,14 @@ def read_geometry(layer, p):
     return geom
 
 
+def _scale_shift(y, scale, shift):
+    """y = y * scale + shift in place, per channel ((O, 1) columns or None)."""
+    if scale is not None:
+        y *= scale
+    if shift is not None:
+        y += shift
+
+
 def _group_slices(total, group):
     size = total // group
     return [slice(g * size, (g + 1) * size) for g in range(group)]
@@ -184,52 +192,62 @@ class ConvolutionLayer(Layer):
     fold = None
 
     def forward(self, bottom, top):
+        # The top is scale * (w2 conv x) + shift per channel; scale is None
+        # but with a fold whose scale goes onto the output.
         w2 = self._weights2d()
-        bias = self.blobs[1].data[:, None] if self.bias_term else None
+        scale, shift = None, self.blobs[1].data[:, None] if self.bias_term else None
         if self.fold is not None:
-            w2, bias = self._folded(w2, bias)
+            w2, scale, shift = self._folded(w2, shift)
         n, o = self._top_shape[:2]
         for i, (b, t) in enumerate(zip(bottom, top)):
             y = t.data.reshape(n, o, -1)
             if self._depthwise:
                 depthwise.forward(self._depthwise_geometry(), b.data, w2,
-                                  None if bias is None else bias[:, 0], t.data)
+                                  None if shift is None else shift[:, 0], t.data)
             elif self.geom.is_pointwise():
                 self._forward_pointwise(b.data, w2, y)
-                if bias is not None:
-                    y += bias
+                _scale_shift(y, scale, shift)
             elif self.forward_only:
                 self._col_valid[i] = False
-                self._forward_chunks(b.data, w2, bias, y)
+                self._forward_chunks(b.data, w2, scale, shift, y)
             else:
-                self._forward_columns(self._im2col(i, b.data), w2, bias, y)
+                self._forward_columns(self._im2col(i, b.data), w2, scale, shift, y)
 
     def _folded(self, w2, bias):
+        """(weights, scale, shift) of the folded chain: a * (W x + b) + c.
+        `a` scales the weights, or the output where that is smaller (late
+        layers at batch 1: N*Ho*Wo < C*kh*kw), since either costs a pass."""
         a, c = self.fold()
-        w2 = np.multiply(w2, a[:, None], out=self._buffer("_folded_w", w2.shape))
-        shift = c if bias is None else bias[:, 0] * a + c
-        return w2, shift[:, None]
+        shift = (c if bias is None else bias[:, 0] * a + c)[:, None]
+        n, _, ho, wo = self._top_shape
+        if self._depthwise or n * ho * wo >= w2.shape[1]:
+            w2 = np.multiply(w2, a[:, None], out=self._buffer("_folded_w", w2.shape))
+            return w2, None, shift
+        return w2, a[:, None], shift
 
-    def _forward_columns(self, col, w2, bias, y, out=None):
+    def _forward_columns(self, col, w2, scale, shift, y, out=None):
         n, o, p = y.shape
         if out is None:
             out = self._buffer("_out_cols", (o, n * p))
         for og, kg in zip(self._out_groups, self._col_groups):
             np.matmul(w2[og], col[kg], out=out[og])
         # (O, N, P) -> (N, O, P) is the one copy the batch-wide GEMM costs;
-        # the bias add rides along with it.
+        # the bias add (or a fold's scale) rides along with it.
         out_t = out.reshape(o, n, p).transpose(1, 0, 2)
-        if bias is None:
+        if scale is not None:
+            np.multiply(out_t, scale, out=y)
+            _scale_shift(y, None, shift)
+        elif shift is None:
             y[...] = out_t
         else:
-            np.add(out_t, bias, out=y)
+            np.add(out_t, shift, out=y)
 
     # Without a backward to keep columns for, im2col runs on a few images at
     # a time, in scratch all layers share: a deploy net then holds one
     # chunk's columns instead of every layer's whole batch (as fast).
     forward_column_bytes = 16 << 20
 
-    def _forward_chunks(self, x, w2, bias, y):
+    def _forward_chunks(self, x, w2, scale, shift, y):
         n, o, p = y.shape
         _, c, h, w = x.shape
         k = self._col_groups[-1].stop
@@ -244,12 +262,11 @@ class ConvolutionLayer(Layer):
             im2col(x[lo:lo + m], self.geom, col, padded)
             if m > 1:
                 out = thread_scratch("conv_products", (o, m * p))
-                self._forward_columns(col, w2, bias, y[lo:lo + m], out)
+                self._forward_columns(col, w2, scale, shift, y[lo:lo + m], out)
                 continue
             for og, kg in zip(self._out_groups, self._col_groups):
                 np.matmul(w2[og], col[kg], out=y[lo, og])
-            if bias is not None:
-                y[lo] += bias
+            _scale_shift(y[lo], scale, shift)
 
     def _forward_pointwise(self, x, w2, y):
         # 1x1 stride 1: each image's (C, H*W) block already is its column

@@ -16,8 +16,6 @@ The file is opened for each write and closed after it, so it can be read
 while the net lives.  In GPU mode forward runs this host code (the layer's
 job is host I/O): reading the bottoms copies them from the device.
 """
-import h5py
-
 from ..layer import Layer, register
 
 DATASETS = ("data", "label")
@@ -32,6 +30,7 @@ class HDF5OutputLayer(Layer):
         self.file_name = self.param.hdf5_output_param.file_name
         if not self.file_name:
             raise self.error("hdf5_output_param.file_name is not set")
+        import h5py                 # imported when used: `import sppcaffe` stays light
         try:
             h5py.File(self.file_name, "w").close()
         except OSError as err:
@@ -56,6 +55,7 @@ class HDF5OutputLayer(Layer):
             raise self.error(f"'{self.file_name}' already holds the datasets of an earlier "
                              "forward; as in Caffe, an HDF5Output layer writes one batch per file")
         shapes = [self._legacy_shape(b) for b in bottom]
+        import h5py
         try:
             with h5py.File(self.file_name, "r+") as f:
                 for name, blob, shape in zip(DATASETS, bottom, shapes):

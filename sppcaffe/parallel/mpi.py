@@ -248,13 +248,18 @@ class GradientReducer:
             self._progress(block=False)
 
     def _start(self, bucket):
+        self._pack(bucket)
+        bucket.request = self._exchange.Ialltoall(bucket.send, bucket.received)
+        bucket.phase = 1
+
+    def _pack(self, bucket):
+        """The bucket's gradients into its send buffer (in GPU mode reading
+        `diff` downloads them)."""
         t = time.perf_counter()
         flat = bucket.send.reshape(-1)
         for p, offset, count in zip(bucket.params, bucket.offsets, bucket.counts):
             flat[offset:offset + count] = p.diff.reshape(-1)
         self.stats["copy_sum_s"] += time.perf_counter() - t
-        bucket.request = self._exchange.Ialltoall(bucket.send, bucket.received)
-        bucket.phase = 1
 
     def _sum_and_share(self, bucket):
         t = time.perf_counter()
@@ -269,6 +274,7 @@ class GradientReducer:
         bucket.phase = 2
 
     def _unpack(self, bucket):
+        """Every rank's summed chunks back into the gradients."""
         t = time.perf_counter()
         flat = bucket.send.reshape(-1)
         for p, offset, count in zip(bucket.params, bucket.offsets, bucket.counts):
