@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from .im2col import add_matmul as _add_through_scratch
+
 # A block is at least this many multiply-adds (smaller ones cost more to
 # hand over than to compute) and at least MIN_BLOCK_WIDTH columns or rows
 # (OpenBLAS computes one-row products by another routine, in another
@@ -366,18 +368,7 @@ def _task(a, b, out, accumulate):
 
 
 def _product(a, b, out, accumulate):
-    if not accumulate:
+    if accumulate:
+        _add_through_scratch(a, b, out)     # no temporary as large as the weights
+    else:
         np.matmul(a, b, out=out)
-        return
-    # Through a block-sized scratch (a parameter gradient accumulates; a
-    # full-size temporary would cost as much memory as the weights).
-    rows = out.shape[0]
-    step = max(1, _ACCUMULATE_ELEMENTS // max(1, out.shape[1]))
-    scratch = np.empty((min(step, rows), out.shape[1]), out.dtype)
-    for lo in range(0, rows, step):
-        part = scratch[:min(step, rows - lo)]
-        np.matmul(a[lo:lo + step], b, out=part)
-        out[lo:lo + step] += part
-
-
-_ACCUMULATE_ELEMENTS = 1 << 21      # 8 MB scratch at most, as im2col.add_matmul

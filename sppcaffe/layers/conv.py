@@ -17,8 +17,9 @@ import numpy as np
 
 from .. import depthwise
 from ..backends import gpu
-from ..im2col import Geometry, add_matmul, col2im, im2col
+from ..im2col import Geometry, col2im, im2col
 from ..layer import Layer, register
+from ..threads import add_matmul, matmul
 from ..workspace import thread_scratch
 
 
@@ -230,7 +231,7 @@ class ConvolutionLayer(Layer):
         if out is None:
             out = self._buffer("_out_cols", (o, n * p))
         for og, kg in zip(self._out_groups, self._col_groups):
-            np.matmul(w2[og], col[kg], out=out[og])
+            matmul(w2[og], col[kg], out[og])
         # (O, N, P) -> (N, O, P) is the one copy the batch-wide GEMM costs;
         # the bias add (or a fold's scale) rides along with it.
         out_t = out.reshape(o, n, p).transpose(1, 0, 2)
@@ -265,7 +266,7 @@ class ConvolutionLayer(Layer):
                 self._forward_columns(col, w2, scale, shift, y[lo:lo + m], out)
                 continue
             for og, kg in zip(self._out_groups, self._col_groups):
-                np.matmul(w2[og], col[kg], out=y[lo, og])
+                matmul(w2[og], col[kg], y[lo, og])
             _scale_shift(y[lo], scale, shift)
 
     def _forward_pointwise(self, x, w2, y):
@@ -310,7 +311,7 @@ class ConvolutionLayer(Layer):
             # The column gradient overwrites the cached columns.
             self._col_valid[i] = False
             for og, kg in zip(self._out_groups, self._col_groups):
-                np.matmul(w2[og].T, dy_t[og], out=col[kg])
+                matmul(w2[og].T, dy_t[og], col[kg])
             col2im(col, self.geom, b.diff, self._pad_scratch())
 
     def _backward_pointwise(self, dy, b, want_w, want_x):
