@@ -9,6 +9,12 @@ over taps of one scalar weight times a shifted view of its input plane
 over blocks of (image, channel) planes split across threads, and the
 gradients are the same sums taken backwards.  The sums over taps are
 Caffe's sums in another order.
+
+Small maps (MobileNet's 28x28 and below) run forward with the planes as
+the last axis instead: a phase's taps are then one einsum, a multiply-add
+in a single pass over runs of planes, where the per-plane layout pays
+NumPy a call per short row; on large maps the transposes in and out cost
+more than that saves.
 """
 import numpy as np
 
@@ -19,6 +25,13 @@ from .workspace import thread_scratch
 # Scratch for one block of planes.  NumPy's cost per call (~1-2 us)
 # dominates small blocks; blocks beyond the L2 cache gain little more.
 _BLOCK_BYTES = 4 << 20
+# Planes last where an output grid (Ho*Wq) has at most this many cells, in
+# blocks of this many planes (einsum's inner loop: shorter runs cost more
+# per element, longer ones slow the transposes), copied out this many at a
+# time (a transposing copy is fastest on short runs).
+_PLANES_LAST_LENGTH = 1024
+_PLANES_LAST_BLOCK = 256
+_TRANSPOSE_RUN = 64
 
 
 class DepthwisePlan:
@@ -27,12 +40,13 @@ class DepthwisePlan:
 
     def __init__(self, x_shape, geom, multiplier):
         n, c, h, w = x_shape
-        self.shape, self.multiplier = (n, c, h, w), multiplier
+        self.shape, self.multiplier, self.kernel = (n, c, h, w), multiplier, geom.kernel
         self.out_hw = geom.output_size(h, w)
         self.windows = FlatWindows((h, w), geom.kernel, geom.stride, geom.pad, geom.dilation,
                                    self.out_hw)
         per_plane = self.windows.phase_size + (2 + multiplier) * self.windows.length
         self.block = max(1, _BLOCK_BYTES // (4 * per_plane))
+        self.planes_last = self.windows.length <= _PLANES_LAST_LENGTH
 
     def plane_values(self, values):
         """(C*m, ...) per-output values as (m, ..., N*C): each input plane's
@@ -44,11 +58,11 @@ class DepthwisePlan:
         tiled = np.broadcast_to(by_k[..., None, :], by_k.shape[:-1] + (n, c))
         return np.ascontiguousarray(tiled).reshape(by_k.shape[:-1] + (n * c,))
 
-    def run(self, task, work):
+    def run(self, task, work, block=None):
         """task(start, stop) over blocks of planes, on threads when `work`
         (elements touched) is large enough."""
         def chunk(lo, hi):
-            for start, stop in blocks(lo, hi, self.block):
+            for start, stop in blocks(lo, hi, block or self.block):
                 task(start, stop)
         split_parallel(chunk, self.shape[0] * self.shape[1], work)
 
@@ -56,6 +70,8 @@ class DepthwisePlan:
 def forward(plan, x, weights, bias, y):
     """y (N, C*m, Ho, Wo) = depthwise convolution of x (N, C, H, W) with
     weights (C*m, T) (T = kh*kw taps, row-major) plus bias (C*m,) or None."""
+    if plan.planes_last:
+        return _forward_planes_last(plan, x, weights, bias, y)
     n, c, h, w = plan.shape
     m, windows = plan.multiplier, plan.windows
     planes = x.reshape(n * c, h, w)
@@ -81,6 +97,41 @@ def forward(plan, x, weights, bias, y):
                        out=out[start:stop, k])
 
     plan.run(task, y.size * len(windows.taps))
+    return y
+
+
+def _forward_planes_last(plan, x, weights, bias, y):
+    n, c, h, w = plan.shape
+    m, windows = plan.multiplier, plan.windows
+    (ho, wo), wq = plan.out_hw, windows.wq
+    planes = x.reshape(n * c, h, w)
+    out = y.reshape((n * c, m) + plan.out_hw)
+    by_tap = plan.plane_values(weights).reshape((m,) + plan.kernel + (n * c,))
+    # Per tap grid: (m, its kernel rows, its kernel columns, N*C).
+    grid_weights = [np.ascontiguousarray(by_tap[:, ii][:, :, jj])
+                    for _, ii, jj, *_ in windows.tap_grids]
+    shifts = None if bias is None else plan.plane_values(bias)     # (m, N*C)
+
+    def task(start, stop):
+        src = windows.split_last(planes[start:stop])
+        acc = thread_scratch("acc", (windows.length, stop - start))
+        tmp = thread_scratch("tmp", acc.shape)
+        for k in range(m):
+            for g, grid in enumerate(windows.tap_grids):
+                np.einsum("ijlb,ijb->lb", windows.grid_view(src, grid),
+                          grid_weights[g][k, :, :, start:stop], out=tmp if g else acc)
+                if g:
+                    acc += tmp
+            cells = acc.reshape(ho, wq, -1)[:, :wo]
+            for lo in range(0, stop - start, _TRANSPOSE_RUN):
+                hi = min(stop - start, lo + _TRANSPOSE_RUN)
+                run, target = cells[:, :, lo:hi].transpose(2, 0, 1), out[start + lo:start + hi, k]
+                if shifts is None:
+                    np.copyto(target, run)
+                else:
+                    np.add(run, shifts[k, start + lo:start + hi, None, None], out=target)
+
+    plan.run(task, y.size * len(windows.taps), _PLANES_LAST_BLOCK)
     return y
 
 

@@ -16,6 +16,8 @@ grid are junk, dropped when the grid is cropped to the output.
 Scratch arrays are per thread (workspace.thread_scratch), so blocks of
 planes can run on several.
 """
+import numpy as np
+
 from .workspace import thread_scratch
 
 
@@ -42,11 +44,28 @@ class FlatWindows:
         self.rows = ho + (kh - 1) * dh // sh + 1
         self.length = ho * wq
         phases, self.taps = {}, []
+        rows_of, cols_of = {}, {}                  # phase -> its kernel rows, columns
         for i in range(kh):
             for j in range(kw):
                 key = ((i * dh) % sh, (j * dw) % sw)
                 index = phases.setdefault(key, len(phases))
                 self.taps.append((index, (i * dh // sh) * wq + j * dw // sw))
+                for seen, k in ((rows_of.setdefault(index, []), i),
+                                (cols_of.setdefault(index, []), j)):
+                    if k not in seen:
+                        seen.append(k)
+        # A phase's taps are the kernel rows i with (i*dh) % sh == a times the
+        # columns j with (j*dw) % sw == b; their offsets i*dh // sh (and
+        # j*dw // sw) step evenly, so the taps of a phase are one strided
+        # grid of offsets: (phase, kernel rows, kernel columns, first
+        # offset, row step, column step).
+        self.tap_grids = []
+        for index in range(len(phases)):
+            ii, jj = rows_of[index], cols_of[index]
+            oi, oj = [i * dh // sh for i in ii], [j * dw // sw for j in jj]
+            self.tap_grids.append((index, ii, jj, oi[0] * wq + oj[0],
+                                   (oi[1] - oi[0] if len(oi) > 1 else 1) * wq,
+                                   oj[1] - oj[0] if len(oj) > 1 else 1))
         self.phases = [(_axis_phase(a, pad[0], in_hw[0], self.rows, sh),
                         _axis_phase(b, pad[1], in_hw[1], wq, sw)) for a, b in phases]
         # Each input cell lies in exactly one phase; cells outside the
@@ -72,6 +91,33 @@ class FlatWindows:
             phase[:, r0:r0 + nr, q0:q0 + nq] = \
                 planes[:, y0:y0 + (nr - 1) * sh + 1:sh, x0:x0 + (nq - 1) * sw + 1:sw]
         return out.reshape(len(self.phases), count, -1)
+
+    def split_last(self, planes, fill=0.0, name="phases_last"):
+        """(phases, rows*Wq, B) scratch: split's phases with the planes as
+        the last axis (the layout in which a sum over taps runs as one
+        einsum per phase, `grid_view`)."""
+        count = planes.shape[0]
+        out = thread_scratch(name, (len(self.phases), self.rows, self.wq, count))
+        sh, sw = self.stride
+        for phase, ((r0, nr, y0), (q0, nq, x0)) in zip(out, self.phases):
+            phase[:r0] = fill
+            phase[r0 + nr:] = fill
+            phase[r0:r0 + nr, :q0] = fill
+            phase[r0:r0 + nr, q0 + nq:] = fill
+            phase[r0:r0 + nr, q0:q0 + nq] = planes[
+                :, y0:y0 + (nr - 1) * sh + 1:sh, x0:x0 + (nq - 1) * sw + 1:sw].transpose(1, 2, 0)
+        return out.reshape(len(self.phases), -1, count)
+
+    def grid_view(self, phases_last, grid):
+        """(kernel rows, kernel columns, Ho*Wq, B) view of what the taps of
+        `grid` (an entry of tap_grids) read, from split_last's phases."""
+        index, ii, jj, offset, row_step, col_step = grid
+        src = phases_last[index, offset:]
+        b = src.shape[-1]
+        item = src.itemsize
+        return np.lib.stride_tricks.as_strided(
+            src, (len(ii), len(jj), self.length, b),
+            (row_step * b * item, col_step * b * item, b * item, item), writeable=False)
 
     def merge(self, phases, planes):
         """Write the input cells of phase gradients (phases, B, rows*Wq) into
