@@ -64,9 +64,18 @@ def run_both(fast, generic, shape, seed=4):
     return results
 
 
+@pytest.fixture(params=["per_plane", "planes_last"])
+def layout(request, monkeypatch):
+    """Forward's two layouts (large maps per plane, small ones planes last)."""
+    monkeypatch.setattr(depthwise_module, "_PLANES_LAST_LENGTH",
+                        (0, 0) if request.param == "per_plane" else (0, 1 << 30))
+    monkeypatch.setattr(depthwise_module, "_PLANES_LAST_STRIDED", True)
+    return request.param
+
+
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_grouped_gemm_path(case, multiplier):
+def test_matches_grouped_gemm_path(case, multiplier, layout):
     settings, shape = depthwise_settings(case, multiplier)
     (y, dx, dparams), (y_ref, dx_ref, dparams_ref) = run_both(*twin_layers(settings, shape),
                                                               shape)
@@ -77,8 +86,8 @@ def test_matches_grouped_gemm_path(case, multiplier):
         np.testing.assert_allclose(d, d_ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["stride2", "dilation_stride"])
-def test_matches_direct_convolution(case):
+@pytest.mark.parametrize("case", ["stride2", "dilation_stride", "5x5"])
+def test_matches_direct_convolution(case, layout):
     settings, shape = depthwise_settings(case, 2)
     layer = conv_layer(settings)
     bottom, top = [random_blob(shape, seed=5)], [Blob()]
@@ -107,13 +116,15 @@ def test_backward_overwrites_bottom_and_accumulates_parameters():
     check_overwrite_and_accumulate(layer, bottom, top)
 
 
-def test_blocks_and_threads_do_not_change_results(monkeypatch):
+def test_blocks_and_threads_do_not_change_results(monkeypatch, layout):
     """Many small plane blocks on three threads give the one-block result."""
     settings, shape = depthwise_settings("dilation_stride", 2)
     shape = (3, 4) + shape[2:]
     settings = settings.replace("num_output: 6 group: 3", "num_output: 8 group: 4")
     reference = run_both(*twin_layers(settings, shape), shape)[0]
     monkeypatch.setattr(depthwise_module, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(depthwise_module, "_PLANES_LAST_BLOCK", 2)
+    monkeypatch.setattr(depthwise_module, "_TRANSPOSE_RUN", 1)
     monkeypatch.setattr(im2col_module, "_MIN_PARALLEL_ELEMENTS", 1)
     monkeypatch.setattr(im2col_module, "_WORKERS", 3)
     again = run_both(*twin_layers(settings, shape), shape)[0]
