@@ -58,9 +58,11 @@ def test_convolution_in_chunks_matches_whole_batch(settings, column_bytes):
 
 
 NET = """
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-        convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" } } }
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" } } }
 layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" }
 """
 

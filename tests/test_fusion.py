@@ -111,9 +111,11 @@ def test_resnet50_folded_equals_unfolded():
 
 
 SMALL_MAP = """
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 16 dim: 3 dim: 3 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 16 dim: 3 dim: 3 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-        convolution_param { num_output: 6 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 }
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 }
                             bias_filler { type: "gaussian" std: 0.3 } } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
 layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
