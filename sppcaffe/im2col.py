@@ -32,6 +32,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .backends import native
+
 
 class Geometry(NamedTuple):
     """Window parameters as (height, width) pairs."""
@@ -151,6 +153,20 @@ def _pad_into(x, geom, padded):
     _interior(padded, geom, h, w)[...] = x
 
 
+def _native(name, src, dst, geom, out_hw, image_shape):
+    """Run native.c's `name` (sppcaffe/backends/native.py) over (channel,
+    image) units on the worker threads; False when it is not available."""
+    lib = native.library()
+    if lib is None or not native.usable(src, dst):
+        return False
+    function = lib[name]
+    n, c, h, w = image_shape
+    args = (native.pointer(src), n, c, h, w, *geom.kernel, *geom.pad, *geom.stride,
+            *geom.dilation, *out_hw, native.pointer(dst))
+    split_parallel(lambda lo, hi: function(*args, lo, hi), n * c, src.size + dst.size)
+    return True
+
+
 def im2col(x, geom, col=None, padded=None):
     """Column matrix (C*kh*kw, N*Ho*Wo) of an (N, C, H, W) float32 batch.
 
@@ -161,6 +177,8 @@ def im2col(x, geom, col=None, padded=None):
     n, c, h, w = x.shape
     out_hw = geom.output_size(h, w)
     col = _scratch(col, column_shape(x.shape, geom))
+    if _native("sc_im2col", x, col, geom, out_hw, x.shape):
+        return col
     cols = col.reshape((c,) + geom.kernel + (n,) + out_hw)
     source = x
     if geom.pad != (0, 0):
@@ -185,6 +203,8 @@ def col2im(col, geom, out, padded=None):
     """
     n, c, h, w = out.shape
     out_hw = geom.output_size(h, w)
+    if _native("sc_col2im", col, out, geom, out_hw, out.shape):
+        return out
     cols = col.reshape((c,) + geom.kernel + (n,) + out_hw)
     target = out
     if geom.pad != (0, 0):

@@ -544,15 +544,14 @@ class Net:
 
     def _backward_layer(self, li, gpu):
         layer = self.layers[li]
-        if all(layer.param_propagate_down):         # nothing frozen: the usual case
-            run = layer.backward_gpu if gpu else layer.backward
-            run(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
-            return
-        frozen = [(p, _saved_diff(p, gpu, self._frozen_diffs, f"{li}/{i}")) for i, (p, learns)
-                  in enumerate(zip(layer.blobs, layer.param_propagate_down)) if not learns]
+        # lr_mult 0: Caffe computes no gradient, so those diffs are put back
+        # after the layer's backward (nothing frozen is the usual case).
+        frozen = [] if all(layer.param_propagate_down) else [
+            (p, _saved_diff(p, gpu, self._frozen_diffs, f"{li}/{i}")) for i, (p, learns)
+            in enumerate(zip(layer.blobs, layer.param_propagate_down)) if not learns]
         run = layer.backward_gpu if gpu else layer.backward
         run(self.top_vecs[li], self.bottom_need_backward[li], self.bottom_vecs[li])
-        for p, saved in frozen:        # lr_mult 0: Caffe computes no gradient
+        for p, saved in frozen:
             _restore_diff(p, saved, gpu)
 
     def backward(self, diffs=None, start=None, end=None, **top_diffs):

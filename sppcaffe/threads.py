@@ -341,21 +341,48 @@ def matmul(a, b, out, accumulate=False):
             tasks = [_task(a, b[:, lo:hi], out[:, lo:hi], accumulate) for lo, hi in pieces]
         else:
             tasks = [_task(a[lo:hi], b, out[lo:hi], accumulate) for lo, hi in pieces]
-        threads = min(limit, len(tasks))
-        if threads < 2:
-            for task in tasks:
-                task()
-            return out
-        key = (rows, inner, cols, a.strides, b.strides, accumulate)
-        chosen, tried = _chooser.choose(key, threads)
-        start = time.perf_counter()
-        if chosen == 1:
-            for task in tasks:
-                task()
-        else:
-            _the_pool().run(tasks, chosen)
-        _chooser.record(key, chosen == 1, time.perf_counter() - start, tried)
+        _run_blocks((rows, inner, cols, a.strides, b.strides, accumulate), tasks, limit)
     return out
+
+
+def matmul_stack(a, b, out):
+    """out[i] = a @ b[i] for a 2-d `a` and stacks `b` (N, K, P) and `out`
+    (N, M, P) of 2-d float32 matrices (any row strides): one product per
+    image, written where it belongs.  Split over the stack in blocks fixed by
+    the shape, as matmul; for convolutions with few column rows, where one
+    wide product plus the transpose to (N, M, P) costs 2-3x more."""
+    n = b.shape[0]
+    rows, inner = a.shape
+    blocks = min(MAX_BLOCKS, n, rows * inner * b.shape[2] * n // MIN_BLOCK_MACS)
+    with _one_blas_thread as limit:
+        if blocks < 2:
+            np.matmul(a, b, out=out)
+            return out
+        bounds = [n * k // blocks for k in range(blocks + 1)]
+        tasks = [_task_stack(a, b[lo:hi], out[lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+        _run_blocks(("stack", rows, inner) + b.shape + b.strides, tasks, limit)
+    return out
+
+
+def _run_blocks(key, tasks, limit):
+    """Run independent `tasks` on the chooser's thread count for `key`."""
+    threads = min(limit, len(tasks))
+    if threads < 2:
+        for task in tasks:
+            task()
+        return
+    chosen, tried = _chooser.choose(key, threads)
+    start = time.perf_counter()
+    if chosen == 1:
+        for task in tasks:
+            task()
+    else:
+        _the_pool().run(tasks, chosen)
+    _chooser.record(key, chosen == 1, time.perf_counter() - start, tried)
+
+
+def _task_stack(a, b, out):
+    return lambda: np.matmul(a, b, out=out)
 
 
 def add_matmul(a, b, out):

@@ -21,7 +21,7 @@ same file through sppcaffe.layers.window_pool_device.
 """
 import numpy as np
 
-from ..backends import gpu
+from ..backends import gpu, native
 from ..flat_windows import FlatWindows, blocks
 from ..im2col import split_parallel
 from ..layer import Layer, register
@@ -151,6 +151,9 @@ def max_pool_forward(x, kernel, stride, pad, out_shape, out=None, argmax=None, w
     n, c, _, width = x.shape
     shape = (n, c) + tuple(out_shape)
     y = np.empty(shape, x.dtype) if out is None else out
+    arg = None if not with_argmax else np.empty(shape, np.int32) if argmax is None else argmax
+    if tuple(out_shape) != (1, 1) and _native_max_pool(x, kernel, stride, pad, out_shape, y, arg):
+        return y, arg
     if not with_argmax:
         if tuple(out_shape) == (1, 1):
             win = _single_window(x, kernel, pad)[2]
@@ -158,7 +161,6 @@ def max_pool_forward(x, kernel, stride, pad, out_shape, out=None, argmax=None, w
             return y, None
         _combine_windows(x, kernel, stride, pad, out_shape, y, np.maximum, -np.inf)
         return y, None
-    arg = np.empty(shape, np.int32) if argmax is None else argmax
     if tuple(out_shape) == (1, 1):
         # One window (global pooling): a plain reduction instead of one pass
         # per cell; argmax's first-occurrence rule is Caffe's tie rule.
@@ -195,6 +197,19 @@ def max_pool_forward(x, kernel, stride, pad, out_shape, out=None, argmax=None, w
     return y, arg
 
 
+def _native_max_pool(x, kernel, stride, pad, out_shape, y, arg):
+    """native.c's MAX pooling (same bits as the NumPy code below) over
+    blocks of planes on the worker threads; False when not available."""
+    lib = native.library()
+    if lib is None or not native.usable(x, y, *([] if arg is None else [arg])):
+        return False
+    n, c, h, w = x.shape
+    args = (native.pointer(x), h, w, *kernel, *stride, *pad, *out_shape, native.pointer(y),
+            None if arg is None else native.pointer(arg))
+    split_parallel(lambda lo, hi: lib["sc_max_pool"](*args, lo, hi), n * c, x.size)
+    return True
+
+
 def max_pool_backward(dy, argmax, dx):
     """Add each top gradient to the input cell its argmax names (any window
     geometry; dx C-contiguous).  np.add.at adds repeated cells in top order,
@@ -202,6 +217,12 @@ def max_pool_backward(dy, argmax, dx):
     if not dx.flags.c_contiguous:
         raise ValueError("max_pool_backward needs a C-contiguous dx")
     n, c, h, w = dx.shape
+    lib = native.library()
+    if lib is not None and native.usable(dy, argmax):
+        args = (native.pointer(dy), native.pointer(argmax), h, w, *dy.shape[2:],
+                native.pointer(dx))
+        split_parallel(lambda lo, hi: lib["sc_max_pool_backward"](*args, lo, hi), n * c, dx.size)
+        return
     planes = np.arange(n * c, dtype=np.intp).reshape(n, c, 1, 1) * (h * w)
     index = np.add(argmax, planes).reshape(-1)
     np.add.at(dx.reshape(-1), index, dy.reshape(-1))

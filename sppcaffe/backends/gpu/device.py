@@ -49,11 +49,13 @@ class Allocation:
 class Kernel:
     """A compiled kernel: ``kernel(count, *args)`` launches it over a
     grid-stride loop of `count` iterations."""
-    __slots__ = ("name", "kinds", "_launch", "_convert")
+    __slots__ = ("name", "kinds", "_launch", "_convert", "_ranged")
 
     def __init__(self, name, kinds, launch):
         self.name, self.kinds, self._launch = name, kinds, launch
         self._convert = [_CONVERT[k] for k in kinds]
+        # (position, kind, (low, high)) of the integer arguments, checked per launch.
+        self._ranged = [(i, k, _RANGES[k]) for i, k in enumerate(kinds) if k in _RANGES]
 
     def __call__(self, count, *args):
         if len(args) != len(self.kinds):
@@ -65,11 +67,10 @@ class Kernel:
                               f"kernels index with 32-bit ints, so at most 2^31 - 1 = {MAX_COUNT} "
                               f"(split the work, e.g. a smaller batch)")
         values = [c(a) for c, a in zip(self._convert, args)]
-        for position, (kind, value) in enumerate(zip(self.kinds, values)):
-            limits = _RANGES.get(kind)
-            if limits and not limits[0] <= value <= limits[1]:
+        for position, kind, (low, high) in self._ranged:
+            if not low <= values[position] <= high:
                 raise LaunchError(f"kernel '{self.name}': argument {position + 1} ({kind}) is "
-                                  f"{value}, outside [{limits[0]}, {limits[1]}]")
+                                  f"{values[position]}, outside [{low}, {high}]")
         if count > 0:
             self._launch(count, values)
 

@@ -17,15 +17,12 @@ environment's SPPCAFFE_HOST_ORDER picks the order of every HostDevice
 made without one (e.g. ``SPPCAFFE_HOST_ORDER=parallel pytest tests``).
 """
 import ctypes
-import hashlib
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .. import GPUUnavailable
+from .. import GPUUnavailable, shared_objects
 from .device import Allocation, Device, launch_grid
 from .sources import HOST_SHIM, KERNEL_DIR, parse_signatures
 
@@ -44,12 +41,6 @@ class _Launch(ctypes.Structure):
     _fields_ = [("blocks", ctypes.c_longlong), ("threads_per_block", ctypes.c_longlong),
                 ("seed", ctypes.c_ulonglong), ("order", ctypes.c_int), ("parallel", ctypes.c_int),
                 ("workers", ctypes.c_int)]
-
-
-def cache_dir():
-    root = os.environ.get("SPPCAFFE_KERNEL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sppcaffe", "kernels")
-    return Path(root)
 
 
 def _floats(ptr, count):
@@ -100,35 +91,16 @@ class HostDevice(Device):
             exports = "".join(f"SPPCAFFE_EXPORT_LAUNCHER({name})\n"
                               for name in parse_signatures(path))
             source = f'#include "{path.resolve()}"\n{exports}'
-        digest = hashlib.sha256()
+        # The exports, not the path, key the emulated build: copies share it.
         # Every header of the kernel folder (labels.cuh, ...), not only the
         # ones this file includes: a stale build must never be reused.
         headers = sorted(KERNEL_DIR.glob("*.cuh")) + sorted(KERNEL_DIR.glob("*.h"))
-        for part in (*headers, path):
-            digest.update(Path(part).read_bytes())
-        digest.update(" ".join([self.compiler] + flags).encode())
-        if source is not None:
-            digest.update(exports.encode())     # not the path: copies share a build
-        target = cache_dir() / f"{path.stem}-{digest.hexdigest()[:16]}.so"
-        if not target.exists():
-            self._build(path, flags, source, target)
-        return ctypes.CDLL(str(target))
-
-    def _build(self, path, flags, source, target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        command = [self.compiler, *flags, "-" if source is not None else str(path), "-o", tmp]
         try:
-            result = subprocess.run(command, input=source, capture_output=True, text=True)
-        except FileNotFoundError:
-            os.unlink(tmp)
+            return shared_objects.load(self.compiler, flags, path, headers, source,
+                                       key=None if source is None else exports)
+        except shared_objects.CompilerMissing:
             raise GPUUnavailable(f"the host build of the CUDA kernels needs a C++ compiler; "
                                  f"'{self.compiler}' was not found") from None
-        if result.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(f"g++ failed on {path.name}:\n{result.stderr}")
-        os.replace(tmp, target)     # atomic: a concurrent build never sees half a file
 
     def _launcher(self, module, name, kinds):
         argtypes = [_CTYPES[k] for k in kinds]

@@ -1,0 +1,208 @@
+/* The CPU's compiled loops (sppcaffe/backends/native.py).
+ *
+ * Each function is the NumPy code it replaces, operation for operation:
+ * the same float32 values are added in the same order and compared by the
+ * same rules, so results are bit-identical with or without this library
+ * (tests/test_native.py holds both to that).  NumPy's version is a few
+ * strided passes over the whole batch; a loop here touches each value once
+ * while it is in cache.
+ *
+ * Every function works on units [lo, hi) (planes or (channel, image) pairs)
+ * that never write the same memory, so callers split a batch over threads;
+ * ctypes releases the GIL for the call.  Built with -fno-fast-math and
+ * -ffp-contract=off: no reassociation, no fused multiply-adds.
+ */
+#include <math.h>
+#include <stdint.h>
+
+typedef int64_t i64;
+
+/* Outputs x in [0, out) whose input column x*stride + offset lies in
+ * [0, size): [*first, *last). */
+static void inside(i64 offset, i64 stride, i64 size, i64 out, i64 *first, i64 *last)
+{
+    i64 lo = 0, hi = out;
+    if (offset < 0)
+        lo = (-offset + stride - 1) / stride;
+    if (size - offset <= 0)
+        hi = 0;
+    else if ((size - offset + stride - 1) / stride < hi)
+        hi = (size - offset + stride - 1) / stride;
+    if (lo > hi)
+        lo = hi;
+    *first = lo;
+    *last = hi;
+}
+
+/* sppcaffe.im2col's column layout: col is (C, kh, kw, N, Ho, Wo), x is
+ * (N, C, H, W); unit u = c * N + n.  A run of units of one channel is
+ * walked offset by offset, each offset's images in order: one write stream
+ * at a time (the column blocks of one image lie N*Ho*Wo floats apart, a
+ * power of two on common shapes, where interleaved streams alias in the
+ * cache).  Padding reads as +0.0. */
+void sc_im2col(const float *restrict x, i64 n_img, i64 chans, i64 h, i64 w, i64 kh, i64 kw,
+               i64 ph, i64 pw, i64 sh, i64 sw, i64 dh, i64 dw, i64 ho, i64 wo,
+               float *restrict col, i64 lo, i64 hi)
+{
+    for (i64 u = lo; u < hi;) {
+        i64 c = u / n_img, n0 = u % n_img, n1 = n0 + (hi - u);
+        if (n1 > n_img)
+            n1 = n_img;
+        u += n1 - n0;
+        for (i64 i = 0; i < kh; ++i)
+            for (i64 j = 0; j < kw; ++j) {
+                i64 offset = j * dw - pw, first, last;
+                inside(offset, sw, w, wo, &first, &last);
+                for (i64 n = n0; n < n1; ++n) {
+                    const float *plane = x + (n * chans + c) * h * w;
+                    float *dst = col + (((c * kh + i) * kw + j) * n_img + n) * ho * wo;
+                    for (i64 y = 0; y < ho; ++y) {
+                        float *d = dst + y * wo;
+                        i64 r = y * sh + i * dh - ph;
+                        if (r < 0 || r >= h) {
+                            for (i64 q = 0; q < wo; ++q)
+                                d[q] = 0.0f;
+                            continue;
+                        }
+                        const float *row = plane + r * w + offset;
+                        for (i64 q = 0; q < first; ++q)
+                            d[q] = 0.0f;
+                        if (sw == 1)
+                            for (i64 q = first; q < last; ++q)
+                                d[q] = row[q];
+                        else
+                            for (i64 q = first; q < last; ++q)
+                                d[q] = row[q * sw];
+                        for (i64 q = last; q < wo; ++q)
+                            d[q] = 0.0f;
+                    }
+                }
+            }
+    }
+}
+
+/* The adjoint: out (N, C, H, W) = the columns summed onto their pixels,
+ * each pixel's terms added to 0.0f in kernel-offset order (i, j), as
+ * NumPy's one strided add per offset does. */
+void sc_col2im(const float *restrict col, i64 n_img, i64 chans, i64 h, i64 w, i64 kh, i64 kw,
+               i64 ph, i64 pw, i64 sh, i64 sw, i64 dh, i64 dw, i64 ho, i64 wo,
+               float *restrict out, i64 lo, i64 hi)
+{
+    for (i64 u = lo; u < hi;) {
+        i64 c = u / n_img, n0 = u % n_img, n1 = n0 + (hi - u);
+        if (n1 > n_img)
+            n1 = n_img;
+        u += n1 - n0;
+        for (i64 n = n0; n < n1; ++n) {
+            float *plane = out + (n * chans + c) * h * w;
+            for (i64 k = 0; k < h * w; ++k)
+                plane[k] = 0.0f;
+        }
+        for (i64 i = 0; i < kh; ++i)
+            for (i64 j = 0; j < kw; ++j) {
+                i64 offset = j * dw - pw, first, last;
+                inside(offset, sw, w, wo, &first, &last);
+                for (i64 n = n0; n < n1; ++n) {
+                    float *plane = out + (n * chans + c) * h * w;
+                    const float *src = col + (((c * kh + i) * kw + j) * n_img + n) * ho * wo;
+                    for (i64 y = 0; y < ho; ++y) {
+                        i64 r = y * sh + i * dh - ph;
+                        if (r < 0 || r >= h)
+                            continue;
+                        float *row = plane + r * w + offset;
+                        const float *s = src + y * wo;
+                        if (sw == 1)
+                            for (i64 q = first; q < last; ++q)
+                                row[q] += s[q];
+                        else
+                            for (i64 q = first; q < last; ++q)
+                                row[q * sw] += s[q];
+                    }
+                }
+            }
+    }
+}
+
+/* One window's maximum with bounds tests: cells outside the image read
+ * as -inf.  *best gets the winner's plane index. */
+static float window_max(const float *plane, i64 h, i64 w, i64 r0, i64 q0, i64 kh, i64 kw,
+                        i64 *best)
+{
+    float m = 0.0f;
+    *best = r0 * w + q0;
+    for (i64 i = 0; i < kh; ++i) {
+        i64 r = r0 + i;
+        int row_in = r >= 0 && r < h;
+        for (i64 j = 0; j < kw; ++j) {
+            i64 q = q0 + j;
+            float v = (row_in && q >= 0 && q < w) ? plane[r * w + q] : -INFINITY;
+            if (i == 0 && j == 0) {
+                m = v;
+                continue;
+            }
+            if (v > m)
+                *best = r * w + q;
+            if (!isnan(m) && !(m > v))
+                m = v;
+        }
+    }
+    return m;
+}
+
+/* MAX pooling of planes [lo, hi) as sppcaffe.layers.pooling's NumPy code:
+ * the first cell of the window (-inf in the padding) starts the maximum,
+ * each later cell in row-major order replaces the winner only when
+ * strictly greater (Caffe's first-maximum rule), and the maximum follows
+ * np.maximum's vector loop (a NaN wins and stays; of two equal values the
+ * later one, which only shows as the sign of a zero).  argmax (may be
+ * NULL) gets the plane index h*W + w of the winner.  Selects, not
+ * branches: the winner is a coin toss on real feature maps. */
+void sc_max_pool(const float *restrict x, i64 h, i64 w, i64 kh, i64 kw, i64 sh, i64 sw,
+                 i64 ph, i64 pw, i64 ho, i64 wo, float *restrict y, int32_t *restrict argmax,
+                 i64 lo, i64 hi)
+{
+    for (i64 p = lo; p < hi; ++p) {
+        const float *plane = x + p * h * w;
+        float *yp = y + p * ho * wo;
+        int32_t *ap = argmax ? argmax + p * ho * wo : 0;
+        for (i64 oy = 0; oy < ho; ++oy)
+            for (i64 ox = 0; ox < wo; ++ox) {
+                i64 r0 = oy * sh - ph, q0 = ox * sw - pw, best;
+                float m;
+                if (r0 >= 0 && q0 >= 0 && r0 + kh <= h && q0 + kw <= w) {
+                    /* The usual window, inside the image: no bounds to test. */
+                    const float *cell = plane + r0 * w + q0;
+                    i64 at = 0;
+                    m = cell[0];
+                    for (i64 i = 0; i < kh; ++i)
+                        for (i64 j = (i == 0); j < kw; ++j) {
+                            float v = cell[i * w + j];
+                            at = v > m ? i * w + j : at;
+                            m = (m == m && !(m > v)) ? v : m;
+                        }
+                    best = r0 * w + q0 + at;
+                } else {
+                    m = window_max(plane, h, w, r0, q0, kh, kw, &best);
+                }
+                yp[oy * wo + ox] = m;
+                if (ap)
+                    ap[oy * wo + ox] = (int32_t)best;
+            }
+    }
+}
+
+/* dx += dy routed through argmax, planes [lo, hi), each plane's top cells
+ * in order (np.add.at's order).  An index outside the plane (a window whose
+ * every cell was padding or -inf) adds nothing. */
+void sc_max_pool_backward(const float *restrict dy, const int32_t *restrict argmax, i64 h, i64 w, i64 ho,
+                          i64 wo, float *dx, i64 lo, i64 hi)
+{
+    for (i64 p = lo; p < hi; ++p) {
+        const float *g = dy + p * ho * wo;
+        const int32_t *a = argmax + p * ho * wo;
+        float *d = dx + p * h * w;
+        for (i64 t = 0; t < ho * wo; ++t)
+            if (a[t] >= 0 && a[t] < h * w)
+                d[a[t]] += g[t];
+    }
+}

@@ -1,0 +1,131 @@
+"""native.c gives the NumPy code's bits: im2col, col2im and MAX pooling
+with and without the compiled loops, over geometries with padding, strides,
+dilation, partial windows, ties, -inf and NaN."""
+import logging
+
+import numpy as np
+import pytest
+
+from sppcaffe import im2col as im2col_module
+from sppcaffe.backends import native, shared_objects
+from sppcaffe.im2col import Geometry, col2im, column_shape, im2col
+from sppcaffe.layers.pooling import max_pool_backward, max_pool_forward
+from sppcaffe.spp_geometry import pooled_size
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler here")
+
+
+def both(monkeypatch, run):
+    """run() with the compiled loops, then with NumPy's."""
+    compiled = run()
+    monkeypatch.setenv("SPPCAFFE_NATIVE", "0")
+    assert native.library() is None
+    plain = run()
+    monkeypatch.delenv("SPPCAFFE_NATIVE")
+    return compiled, plain
+
+
+def same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def awkward(shape, seed):
+    """Random values with repeats (ties), -0.0, -inf and a few NaN."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-4, 5, size=shape).astype(np.float32) * 0.5
+    flat = x.reshape(-1)
+    picks = rng.choice(flat.size, size=max(1, flat.size // 50), replace=False)
+    flat[picks[0::3]] = -np.inf
+    flat[picks[1::3]] = np.nan
+    flat[picks[2::3]] = -0.0
+    return x
+
+
+GEOMETRIES = [
+    ((2, 3, 7, 6), Geometry((3, 3))),
+    ((3, 2, 9, 8), Geometry((3, 2), pad=(1, 2), stride=(2, 1))),
+    ((2, 4, 11, 10), Geometry((3, 3), pad=(2, 1), stride=(2, 3), dilation=(2, 1))),
+    ((1, 1, 5, 5), Geometry((5, 5), pad=(4, 4))),
+    ((64, 20, 12, 12), Geometry((5, 5))),
+    ((5, 3, 4, 13), Geometry((1, 4), stride=(1, 4))),
+]
+
+
+@pytest.mark.parametrize("shape, geom", GEOMETRIES)
+def test_im2col_and_col2im_bits(monkeypatch, shape, geom):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    cols = np.random.default_rng(2).standard_normal(column_shape(shape, geom)).astype(np.float32)
+    # The scratch buffers hold garbage first: every element must be written.
+    compiled, plain = both(monkeypatch, lambda: (
+        im2col(x, geom, np.full(column_shape(shape, geom), 7, np.float32)),
+        col2im(cols, geom, np.full(shape, 7, np.float32))))
+    same_bits(compiled[0], plain[0])
+    same_bits(compiled[1], plain[1])
+
+
+def test_units_split_over_threads_give_the_same_bits(monkeypatch):
+    monkeypatch.setattr(im2col_module, "_MIN_PARALLEL_ELEMENTS", 1)
+    shape, geom = GEOMETRIES[2]
+    cols = np.random.default_rng(3).standard_normal(column_shape(shape, geom)).astype(np.float32)
+    split = col2im(cols, geom, np.empty(shape, np.float32))
+    monkeypatch.setattr(im2col_module, "_WORKERS", 1)
+    same_bits(split, col2im(cols, geom, np.empty(shape, np.float32)))
+
+
+POOLS = [   # input shape, kernel, stride, pad, ceil mode
+    ((2, 3, 24, 24), (2, 2), (2, 2), (0, 0), True),
+    ((2, 3, 13, 13), (3, 3), (2, 2), (0, 0), True),
+    ((2, 2, 13, 11), (3, 2), (2, 3), (1, 1), True),
+    ((1, 3, 7, 9), (3, 3), (1, 1), (1, 1), False),
+    ((3, 2, 6, 6), (4, 4), (3, 3), (2, 2), True),
+]
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pad, ceil_mode", POOLS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_max_pooling_bits(monkeypatch, shape, kernel, stride, pad, ceil_mode, seed):
+    x = awkward(shape, seed)
+    any_pad = pad != (0, 0)
+    out = tuple(pooled_size(s, k, st, p, ceil_mode, any_pad)
+                for s, k, st, p in zip(shape[2:], kernel, stride, pad))
+    dy = np.random.default_rng(seed).standard_normal(shape[:2] + out).astype(np.float32)
+
+    def run():
+        y, arg = max_pool_forward(x, kernel, stride, pad, out)
+        bare, _ = max_pool_forward(x, kernel, stride, pad, out, with_argmax=False)
+        dx = np.zeros(shape, np.float32)
+        max_pool_backward(dy, arg, dx)
+        return y, arg, bare, dx
+
+    compiled, plain = both(monkeypatch, run)
+    # The maximum's values (NaN where NumPy has NaN); the sign of a zero
+    # may differ, as it does between NumPy's own vector and scalar loops.
+    for a, b in zip(compiled[::2], plain[::2]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(compiled[1::2], plain[1::2]):
+        same_bits(a, b)
+    assert np.isnan(compiled[0]).any()          # the NaN rule was exercised
+
+
+def test_switched_off_and_missing_compiler(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("SPPCAFFE_NATIVE", "off")
+    assert native.library() is None
+    monkeypatch.delenv("SPPCAFFE_NATIVE")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level(logging.WARNING):
+        assert native._load() is False
+    assert "no C compiler" in caplog.text and "same results" in caplog.text
+
+
+def test_a_failing_build_is_reported_and_leaves_no_file(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("SPPCAFFE_KERNEL_CACHE", str(tmp_path / "cache"))
+    broken = tmp_path / "native.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    with caplog.at_level(logging.WARNING):
+        assert native._load() is False
+    assert "could not build native.c" in caplog.text
+    assert list((tmp_path / "cache").iterdir()) == []
+    assert shared_objects.cache_dir() == tmp_path / "cache"
