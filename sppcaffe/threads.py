@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from .backends import native
 from .im2col import add_matmul as _add_through_scratch
 
 # A block is at least this many multiply-adds (smaller ones cost more to
@@ -395,6 +396,8 @@ def _task(a, b, out, accumulate):
 
 
 def _product(a, b, out, accumulate):
+    if accumulate and a.shape[1] == 1 and native.add_outer(a, b, out):
+        return                              # batch 1's weight gradient: one pass
     if accumulate:
         _add_through_scratch(a, b, out)     # no temporary as large as the weights
     else:

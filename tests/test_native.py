@@ -129,3 +129,23 @@ def test_a_failing_build_is_reported_and_leaves_no_file(monkeypatch, tmp_path, c
     assert "could not build native.c" in caplog.text
     assert list((tmp_path / "cache").iterdir()) == []
     assert shared_objects.cache_dir() == tmp_path / "cache"
+
+
+@pytest.mark.parametrize("rows, cols, transposed", [(7, 13, False), (300, 1000, True), (1, 9, False)])
+def test_rank_one_weight_gradient_bits(monkeypatch, rows, cols, transposed):
+    """Batch 1's weight gradient, out += a @ b with one inner term, as the
+    GEMM-and-add it replaces, also on strided operands and outputs."""
+    from sppcaffe.threads import add_matmul
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((1, rows)).astype(np.float32).T      # a column view, stride != 4
+    b = rng.standard_normal((1, cols)).astype(np.float32)
+    start = rng.standard_normal((cols, rows) if transposed else (rows, cols)).astype(np.float32)
+
+    def run():
+        out = start.copy()
+        add_matmul(a, b, out.T if transposed else out)
+        return out
+
+    compiled, plain = both(monkeypatch, run)
+    same_bits(compiled, plain)
+    assert not np.array_equal(compiled, start)

@@ -206,3 +206,28 @@ void sc_max_pool_backward(const float *restrict dy, const int32_t *restrict argm
                 d[a[t]] += g[t];
     }
 }
+
+/* c += a b for a column a (rows x 1, stride sa) and a row b (1 x cols,
+ * stride sb): the weight gradient of a fully connected layer at batch 1.
+ * Each element is c + (a * b), two roundings, which is what a one-term
+ * product (a * b exactly once rounded) added to c gives; one pass over c
+ * instead of the GEMM's scratch and a second pass. */
+void sc_add_outer(const float *restrict a, i64 sa, const float *restrict b, i64 sb,
+                  float *restrict c, i64 ldc, i64 rows, i64 cols)
+{
+    for (i64 i = 0; i < rows; ++i) {
+        float ai = a[i * sa];
+        float *row = c + i * ldc;
+        if (sb == 1) {
+            /* Blocks of 8 with a fixed count: vectorized at -O2. */
+            i64 j = 0;
+            for (; j + 8 <= cols; j += 8)
+                for (int t = 0; t < 8; ++t)
+                    row[j + t] += ai * b[j + t];
+            for (; j < cols; ++j)
+                row[j] += ai * b[j];
+        } else
+            for (i64 j = 0; j < cols; ++j)
+                row[j] += ai * b[j * sb];
+    }
+}

@@ -1,4 +1,5 @@
-"""The CPU's compiled loops: im2col, col2im and MAX pooling (native.c).
+"""The CPU's compiled loops: im2col, col2im, MAX pooling and the rank-one
+weight-gradient update (native.c).
 
 NumPy runs these as several strided passes over the whole batch, which
 costs more than the convolutions' GEMMs on small nets (LeNet's conv2:
@@ -32,6 +33,7 @@ _SIGNATURES = {
     "sc_col2im": [_P] + [_I64] * 14 + [_P, _I64, _I64],
     "sc_max_pool": [_P] + [_I64] * 10 + [_P, _P, _I64, _I64],
     "sc_max_pool_backward": [_P, _P] + [_I64] * 4 + [_P, _I64, _I64],
+    "sc_add_outer": [_P, _I64, _P, _I64, _P, _I64, _I64, _I64],
 }
 
 _lock = threading.Lock()
@@ -83,3 +85,19 @@ def usable(*arrays):
     """True when every array is C-contiguous (float32 or int32), as the
     loops index them."""
     return all(a.flags.c_contiguous and a.dtype in (np.float32, np.int32) for a in arrays)
+
+
+def add_outer(a, b, out):
+    """out += a @ b for a (rows, 1) and b (1, cols) (float32, any strides;
+    out with unit column stride): True when done, False when the caller's
+    GEMM must run (no library, or strides it cannot take)."""
+    lib = library()
+    if lib is None or not (a.dtype == b.dtype == out.dtype == np.float32):
+        return False
+    if out.strides[1] != 4 and out.strides[0] == 4:
+        a, b, out = b.T, a.T, out.T                 # the same sum, on out's rows
+    if out.strides[1] != 4 or min(a.strides[0], b.strides[1], out.strides[0]) < 0:
+        return False
+    lib["sc_add_outer"](pointer(a), a.strides[0] // 4, pointer(b), b.strides[1] // 4,
+                        pointer(out), out.strides[0] // 4, *out.shape)
+    return True
