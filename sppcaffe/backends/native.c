@@ -153,8 +153,8 @@ static float window_max(const float *plane, i64 h, i64 w, i64 r0, i64 q0, i64 kh
  * the first cell of the window (-inf in the padding) starts the maximum,
  * each later cell in row-major order replaces the winner only when
  * strictly greater (Caffe's first-maximum rule), and the maximum follows
- * np.maximum's vector loop (a NaN wins and stays; of two equal values the
- * later one, which only shows as the sign of a zero).  argmax (may be
+ * np.maximum (a NaN wins and stays; of two equal values the later one,
+ * which shows only as the sign of a zero).  argmax (may be
  * NULL) gets the plane index h*W + w of the winner.  Selects, not
  * branches: the winner is a coin toss on real feature maps. */
 void sc_max_pool(const float *restrict x, i64 h, i64 w, i64 kh, i64 kw, i64 sh, i64 sw,
