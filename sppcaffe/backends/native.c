@@ -34,93 +34,92 @@ static void inside(i64 offset, i64 stride, i64 size, i64 out, i64 *first, i64 *l
     *last = hi;
 }
 
-/* sppcaffe.im2col's column layout: col is (C, kh, kw, N, Ho, Wo), x is
+/* One row of one kernel offset, between an image plane's row and a column
+ * row of wo cells: copied into the column (padding as +0.0), or the column
+ * added onto the image (padding cells dropped).  Inlined with `add` as a
+ * constant, so each caller gets its own loop. */
+static inline __attribute__((always_inline)) void
+row_transfer(float *restrict image_row, float *restrict column_row, i64 sw, i64 first,
+             i64 last, i64 wo, int add)
+{
+    if (add) {
+        if (sw == 1)
+            for (i64 q = first; q < last; ++q)
+                image_row[q] += column_row[q];
+        else
+            for (i64 q = first; q < last; ++q)
+                image_row[q * sw] += column_row[q];
+        return;
+    }
+    for (i64 q = 0; q < first; ++q)
+        column_row[q] = 0.0f;
+    if (sw == 1)        /* rows are short: a loop, not a memcpy call */
+        for (i64 q = first; q < last; ++q)
+            column_row[q] = image_row[q];
+    else
+        for (i64 q = first; q < last; ++q)
+            column_row[q] = image_row[q * sw];
+    for (i64 q = last; q < wo; ++q)
+        column_row[q] = 0.0f;
+}
+
+/* sppcaffe.im2col's column layout: col is (C, kh, kw, N, Ho, Wo), images is
  * (N, C, H, W); unit u = c * N + n.  A run of units of one channel is
- * walked offset by offset, each offset's images in order: one write stream
- * at a time (the column blocks of one image lie N*Ho*Wo floats apart, a
- * power of two on common shapes, where interleaved streams alias in the
- * cache).  Padding reads as +0.0. */
-void sc_im2col(const float *restrict x, i64 n_img, i64 chans, i64 h, i64 w, i64 kh, i64 kw,
-               i64 ph, i64 pw, i64 sh, i64 sw, i64 dh, i64 dw, i64 ho, i64 wo,
-               float *restrict col, i64 lo, i64 hi)
+ * walked offset by offset, each offset's images in order: one stream of
+ * column rows at a time (the column blocks of one image lie N*Ho*Wo floats
+ * apart, a power of two on common shapes, where interleaved streams alias
+ * in the cache).  im2col copies rows into the columns; col2im zeroes the
+ * images and adds the rows back, so each pixel's terms are added to 0.0f in
+ * kernel-offset order (i, j), as NumPy's one strided add per offset does. */
+static inline __attribute__((always_inline)) void
+walk_columns(float *images, i64 n_img, i64 chans, i64 h, i64 w, i64 kh, i64 kw, i64 ph,
+             i64 pw, i64 sh, i64 sw, i64 dh, i64 dw, i64 ho, i64 wo, float *col, i64 lo,
+             i64 hi, int add)
 {
     for (i64 u = lo; u < hi;) {
         i64 c = u / n_img, n0 = u % n_img, n1 = n0 + (hi - u);
         if (n1 > n_img)
             n1 = n_img;
         u += n1 - n0;
+        if (add)
+            for (i64 n = n0; n < n1; ++n)
+                for (i64 k = 0; k < h * w; ++k)
+                    images[(n * chans + c) * h * w + k] = 0.0f;
         for (i64 i = 0; i < kh; ++i)
             for (i64 j = 0; j < kw; ++j) {
                 i64 offset = j * dw - pw, first, last;
                 inside(offset, sw, w, wo, &first, &last);
                 for (i64 n = n0; n < n1; ++n) {
-                    const float *plane = x + (n * chans + c) * h * w;
-                    float *dst = col + (((c * kh + i) * kw + j) * n_img + n) * ho * wo;
+                    float *plane = images + (n * chans + c) * h * w;
+                    float *block = col + (((c * kh + i) * kw + j) * n_img + n) * ho * wo;
                     for (i64 y = 0; y < ho; ++y) {
-                        float *d = dst + y * wo;
                         i64 r = y * sh + i * dh - ph;
-                        if (r < 0 || r >= h) {
+                        if (r >= 0 && r < h)
+                            row_transfer(plane + r * w + offset, block + y * wo, sw, first,
+                                         last, wo, add);
+                        else if (!add)
                             for (i64 q = 0; q < wo; ++q)
-                                d[q] = 0.0f;
-                            continue;
-                        }
-                        const float *row = plane + r * w + offset;
-                        for (i64 q = 0; q < first; ++q)
-                            d[q] = 0.0f;
-                        if (sw == 1)
-                            for (i64 q = first; q < last; ++q)
-                                d[q] = row[q];
-                        else
-                            for (i64 q = first; q < last; ++q)
-                                d[q] = row[q * sw];
-                        for (i64 q = last; q < wo; ++q)
-                            d[q] = 0.0f;
+                                block[y * wo + q] = 0.0f;
                     }
                 }
             }
     }
 }
 
-/* The adjoint: out (N, C, H, W) = the columns summed onto their pixels,
- * each pixel's terms added to 0.0f in kernel-offset order (i, j), as
- * NumPy's one strided add per offset does. */
-void sc_col2im(const float *restrict col, i64 n_img, i64 chans, i64 h, i64 w, i64 kh, i64 kw,
+void sc_im2col(const float *x, i64 n_img, i64 chans, i64 h, i64 w, i64 kh, i64 kw,
                i64 ph, i64 pw, i64 sh, i64 sw, i64 dh, i64 dw, i64 ho, i64 wo,
-               float *restrict out, i64 lo, i64 hi)
+               float *col, i64 lo, i64 hi)
 {
-    for (i64 u = lo; u < hi;) {
-        i64 c = u / n_img, n0 = u % n_img, n1 = n0 + (hi - u);
-        if (n1 > n_img)
-            n1 = n_img;
-        u += n1 - n0;
-        for (i64 n = n0; n < n1; ++n) {
-            float *plane = out + (n * chans + c) * h * w;
-            for (i64 k = 0; k < h * w; ++k)
-                plane[k] = 0.0f;
-        }
-        for (i64 i = 0; i < kh; ++i)
-            for (i64 j = 0; j < kw; ++j) {
-                i64 offset = j * dw - pw, first, last;
-                inside(offset, sw, w, wo, &first, &last);
-                for (i64 n = n0; n < n1; ++n) {
-                    float *plane = out + (n * chans + c) * h * w;
-                    const float *src = col + (((c * kh + i) * kw + j) * n_img + n) * ho * wo;
-                    for (i64 y = 0; y < ho; ++y) {
-                        i64 r = y * sh + i * dh - ph;
-                        if (r < 0 || r >= h)
-                            continue;
-                        float *row = plane + r * w + offset;
-                        const float *s = src + y * wo;
-                        if (sw == 1)
-                            for (i64 q = first; q < last; ++q)
-                                row[q] += s[q];
-                        else
-                            for (i64 q = first; q < last; ++q)
-                                row[q * sw] += s[q];
-                    }
-                }
-            }
-    }
+    walk_columns((float *)x, n_img, chans, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo, col,
+                 lo, hi, 0);
+}
+
+void sc_col2im(const float *col, i64 n_img, i64 chans, i64 h, i64 w, i64 kh, i64 kw,
+               i64 ph, i64 pw, i64 sh, i64 sw, i64 dh, i64 dw, i64 ho, i64 wo,
+               float *out, i64 lo, i64 hi)
+{
+    walk_columns(out, n_img, chans, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo, (float *)col,
+                 lo, hi, 1);
 }
 
 /* One window's maximum with bounds tests: cells outside the image read
