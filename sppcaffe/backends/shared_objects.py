@@ -11,7 +11,9 @@ file.
 import ctypes
 import hashlib
 import os
+import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,6 +38,8 @@ def load(compiler, flags, path, inputs=(), source=None, key=None):
     for part in (*inputs, path):
         digest.update(Path(part).read_bytes())
     digest.update(" ".join([compiler] + list(flags)).encode())
+    # A home folder shared by machines of several kinds keeps a build per kind.
+    digest.update(f"{sys.platform} {platform.machine()}".encode())
     if source is not None or key is not None:
         digest.update((source if key is None else key).encode())
     target = cache_dir() / f"{path.stem}-{digest.hexdigest()[:16]}.so"
