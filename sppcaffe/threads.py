@@ -347,21 +347,23 @@ def matmul(a, b, out, accumulate=False):
 
 
 def matmul_stack(a, b, out):
-    """out[i] = a @ b[i] for a 2-d `a` and stacks `b` (N, K, P) and `out`
-    (N, M, P) of 2-d float32 matrices (any row strides): one product per
-    image, written where it belongs.  Split over the stack in blocks fixed by
-    the shape, as matmul; for convolutions with few column rows, where one
-    wide product plus the transpose to (N, M, P) costs 2-3x more."""
+    """out[i] = a @ b[i] (a 2-d `a`) or a[i] @ b[i] (a stack `a`) for stacks
+    b (N, K, P) and out (N, M, P) of 2-d float32 matrices (any strides BLAS
+    takes): one product per image, written where it belongs.  Split over the
+    stack in blocks fixed by the shape, as matmul; for convolutions with few
+    column rows, where one wide product plus the transposes around it cost
+    2-3x more."""
     n = b.shape[0]
-    rows, inner = a.shape
+    rows, inner = a.shape[-2:]
     blocks = min(MAX_BLOCKS, n, rows * inner * b.shape[2] * n // MIN_BLOCK_MACS)
     with _one_blas_thread as limit:
         if blocks < 2:
             np.matmul(a, b, out=out)
             return out
         bounds = [n * k // blocks for k in range(blocks + 1)]
-        tasks = [_task_stack(a, b[lo:hi], out[lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
-        _run_blocks(("stack", rows, inner) + b.shape + b.strides, tasks, limit)
+        tasks = [_task_stack(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out[lo:hi])
+                 for lo, hi in zip(bounds, bounds[1:])]
+        _run_blocks(("stack",) + a.shape + a.strides + b.shape + b.strides, tasks, limit)
     return out
 
 

@@ -76,6 +76,7 @@ def test_units_split_over_threads_give_the_same_bits(monkeypatch):
 
 POOLS = [   # input shape, kernel, stride, pad, ceil mode
     ((2, 3, 24, 24), (2, 2), (2, 2), (0, 0), True),
+    ((2, 3, 9, 19), (2, 2), (2, 2), (0, 0), True),     # partial last row and column
     ((2, 3, 13, 13), (3, 3), (2, 2), (0, 0), True),
     ((2, 2, 13, 11), (3, 2), (2, 3), (1, 1), True),
     ((1, 3, 7, 9), (3, 3), (1, 1), (1, 1), False),

@@ -148,6 +148,47 @@ static float window_max(const float *plane, i64 h, i64 w, i64 r0, i64 q0, i64 kh
     return m;
 }
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+/* 2x2 windows, stride 2, inside the image (LeNet's, VGG's pools): four
+ * windows at a time with SSE2, the same comparisons and selects as the
+ * scalar loop below, so the same bits.  Returns the outputs done; the
+ * caller finishes the row. */
+static i64 pool2x2_row(const float *r0, i64 w, i64 wo, i64 base, float *y, int32_t *a)
+{
+    const float *r1 = r0 + w;
+    const __m128i one = _mm_set1_epi32(1), down = _mm_set1_epi32((int32_t)w),
+                  down_right = _mm_set1_epi32((int32_t)w + 1);
+    __m128i origin = _mm_setr_epi32(0, 2, 4, 6);
+    origin = _mm_add_epi32(origin, _mm_set1_epi32((int32_t)base));
+    i64 ox = 0;
+    for (; ox + 4 <= wo; ox += 4) {
+        __m128 t0 = _mm_loadu_ps(r0 + 2 * ox), t1 = _mm_loadu_ps(r0 + 2 * ox + 4);
+        __m128 u0 = _mm_loadu_ps(r1 + 2 * ox), u1 = _mm_loadu_ps(r1 + 2 * ox + 4);
+        __m128 cells[3] = {_mm_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
+                           _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1))};
+        const __m128i offsets[3] = {one, down, down_right};
+        __m128 m = _mm_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0));
+        __m128i at = _mm_setzero_si128();
+        for (int k = 0; k < 3; ++k) {
+            __m128 v = cells[k];
+            __m128i better = _mm_castps_si128(_mm_cmpgt_ps(v, m));
+            at = _mm_or_si128(_mm_and_si128(better, offsets[k]), _mm_andnot_si128(better, at));
+            __m128 keep = _mm_or_ps(_mm_cmpunord_ps(m, m), _mm_cmpgt_ps(m, v));
+            m = _mm_or_ps(_mm_and_ps(keep, m), _mm_andnot_ps(keep, v));
+        }
+        _mm_storeu_ps(y + ox, m);
+        if (a)
+            _mm_storeu_si128((__m128i *)(a + ox),
+                             _mm_add_epi32(_mm_add_epi32(origin, _mm_set1_epi32(2 * (int32_t)ox)),
+                                           at));
+    }
+    return ox;
+}
+#endif
+
 /* MAX pooling of planes [lo, hi) as sppcaffe.layers.pooling's NumPy code:
  * the first cell of the window (-inf in the padding) starts the maximum,
  * each later cell in row-major order replaces the winner only when
@@ -160,12 +201,24 @@ void sc_max_pool(const float *restrict x, i64 h, i64 w, i64 kh, i64 kw, i64 sh, 
                  i64 ph, i64 pw, i64 ho, i64 wo, float *restrict y, int32_t *restrict argmax,
                  i64 lo, i64 hi)
 {
+    int two_by_two = kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0;
     for (i64 p = lo; p < hi; ++p) {
         const float *plane = x + p * h * w;
         float *yp = y + p * ho * wo;
         int32_t *ap = argmax ? argmax + p * ho * wo : 0;
-        for (i64 oy = 0; oy < ho; ++oy)
-            for (i64 ox = 0; ox < wo; ++ox) {
+        for (i64 oy = 0; oy < ho; ++oy) {
+            i64 ox = 0;
+#if defined(__SSE2__)
+            if (two_by_two && 2 * oy + 2 <= h) {
+                /* Windows inside the image: the last may be partial (ceil). */
+                i64 inside_w = (w / 2 < wo) ? w / 2 : wo;
+                ox = pool2x2_row(plane + 2 * oy * w, w, inside_w, 2 * oy * w, yp + oy * wo,
+                                 ap ? ap + oy * wo : 0);
+            }
+#else
+            (void)two_by_two;
+#endif
+            for (; ox < wo; ++ox) {
                 i64 r0 = oy * sh - ph, q0 = ox * sw - pw, best;
                 float m;
                 if (r0 >= 0 && q0 >= 0 && r0 + kh <= h && q0 + kw <= w) {
@@ -187,6 +240,7 @@ void sc_max_pool(const float *restrict x, i64 h, i64 w, i64 kh, i64 kw, i64 sh, 
                 if (ap)
                     ap[oy * wo + ox] = (int32_t)best;
             }
+        }
     }
 }
 

@@ -310,10 +310,14 @@ class ConvolutionLayer(Layer):
 
     def _backward_columns(self, i, dy, b, want_w, want_x):
         n, o, p = dy.shape
+        col = self._cols[i] if self._col_valid.get(i) else self._im2col(i, b.data)
+        k = self._col_groups[0].stop - self._col_groups[0].start
+        if n > 1 and k <= self.stack_rows:
+            self._backward_per_image(i, dy, b, col, want_w, want_x)
+            return
         dy_t = self._buffer("_out_cols", (o, n * p))
         dy_t.reshape(o, n, p)[...] = dy.transpose(1, 0, 2)
         w2 = self._weights2d()
-        col = self._cols[i] if self._col_valid.get(i) else self._im2col(i, b.data)
         if want_w:
             grad = self.blobs[0].diff.reshape(w2.shape)
             # With few outputs (LeNet: 20, 50) OpenBLAS runs the transposed
@@ -330,6 +334,26 @@ class ConvolutionLayer(Layer):
             self._col_valid[i] = False
             for og, kg in zip(self._out_groups, self._col_groups):
                 matmul(w2[og].T, dy_t[og], col[kg])
+            col2im(col, self.geom, b.diff, self._pad_scratch())
+
+    def _backward_per_image(self, i, dy, b, col, want_w, want_x):
+        """Few column rows (as the per-image forward): one product per image
+        on dy as it is, no (O, N*P) transpose; the weight gradient's image
+        terms are added in image order (LeNet's conv1: 1.2 -> 0.35 ms)."""
+        n, o, p = dy.shape
+        w2 = self._weights2d()
+        cols = col.reshape(col.shape[0], n, p).transpose(1, 0, 2)
+        if want_w:
+            grad = self.blobs[0].diff.reshape(w2.shape)
+            for og, kg in zip(self._out_groups, self._col_groups):
+                terms = thread_scratch("conv_weight_terms", (n, og.stop - og.start,
+                                                              kg.stop - kg.start))
+                matmul_stack(dy[:, og], cols[:, kg].transpose(0, 2, 1), terms)
+                grad[og] += terms.sum(axis=0)
+        if want_x:
+            self._col_valid[i] = False        # the column gradient overwrites them
+            for og, kg in zip(self._out_groups, self._col_groups):
+                matmul_stack(w2[og].T, dy[:, og], cols[:, kg])
             col2im(col, self.geom, b.diff, self._pad_scratch())
 
     def _backward_pointwise(self, dy, b, want_w, want_x):
