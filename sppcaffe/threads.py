@@ -60,7 +60,8 @@ class _BlasThreads:
     def __init__(self):
         from threadpoolctl import ThreadpoolController
         self.getters, self.setters = [], []
-        for lib in _numpy_blas(ThreadpoolController().select(user_api="blas").lib_controllers):
+        self.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+        for lib in _numpy_blas(self.controllers):
             functions = _openblas_functions(lib)
             if functions is None:
                 functions = lib.get_num_threads, lib.set_num_threads
@@ -400,7 +401,70 @@ def _task(a, b, out, accumulate):
 def _product(a, b, out, accumulate):
     if accumulate and a.shape[1] == 1 and native.add_outer(a, b, out):
         return                              # batch 1's weight gradient: one pass
+    if accumulate and _blas_accumulate(a, b, out):
+        return
     if accumulate:
         _add_through_scratch(a, b, out)     # no temporary as large as the weights
     else:
         np.matmul(a, b, out=out)
+
+
+# ---------------------------------------------------------------------------
+# out += a @ b in the BLAS call itself (beta = 1)
+# ---------------------------------------------------------------------------
+# NumPy's matmul has no beta, so an accumulating product otherwise goes
+# through a scratch block and a second pass over `out` (fc6's weight
+# gradient at batch 8: 19.6 -> 11.8 ms this way).  OpenBLAS adds the sum of
+# each block of the inner dimension (hundreds of terms) to C: for inner
+# sizes up to one block the bits are those of the scratch way, beyond it the
+# sum is added in parts (the same parts every time).
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_sgemm = None
+
+
+def _find_sgemm():
+    """cblas_sgemm of NumPy's BLAS, or False.  Only the 64-bit-integer names
+    (NumPy's wheels ship such an OpenBLAS): a plain `cblas_sgemm` may take
+    32- or 64-bit integers, which the library does not say."""
+    import ctypes
+    for lib in _numpy_blas(_blas_threads().controllers):
+        for name in ("scipy_cblas_sgemm64_", "cblas_sgemm64_"):
+            function = getattr(getattr(lib, "dynlib", None), name, None)
+            if function is None:
+                continue
+            i64 = ctypes.c_int64
+            function.argtypes = [ctypes.c_int] * 3 + [i64] * 3 + [
+                ctypes.c_float, ctypes.c_void_p, i64, ctypes.c_void_p, i64,
+                ctypes.c_float, ctypes.c_void_p, i64]
+            function.restype = None
+            return function
+    return False
+
+
+def _operand(m):
+    """(transpose flag, leading dimension) of a 2-d float32 view as BLAS
+    takes it in row-major order, or None."""
+    rows, cols = m.shape
+    s0, s1 = m.strides
+    if (s1 == 4 or cols == 1) and s0 % 4 == 0 and (rows == 1 or s0 // 4 >= cols):
+        return _NO_TRANS, max(1, cols, s0 // 4 if rows > 1 else 0)
+    if (s0 == 4 or rows == 1) and s1 % 4 == 0 and (cols == 1 or s1 // 4 >= rows):
+        return _TRANS, max(1, rows, s1 // 4 if cols > 1 else 0)
+    return None
+
+
+def _blas_accumulate(a, b, out):
+    global _sgemm
+    if _sgemm is None:
+        _sgemm = _find_sgemm()
+    if not _sgemm or not (a.dtype == b.dtype == out.dtype == np.float32):
+        return False
+    if out.strides[1] != 4 and out.strides[0] == 4:
+        a, b, out = b.T, a.T, out.T                 # (a b)^T = b^T a^T, on out's rows
+    left, right, target = _operand(a), _operand(b), _operand(out)
+    if left is None or right is None or target is None or target[0] != _NO_TRANS:
+        return False
+    rows, inner = a.shape
+    _sgemm(_ROW_MAJOR, left[0], right[0], rows, out.shape[1], inner, 1.0, a.ctypes.data,
+           left[1], b.ctypes.data, right[1], 1.0, out.ctypes.data, target[1])
+    return True

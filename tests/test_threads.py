@@ -176,3 +176,22 @@ def test_a_try_must_win_clearly():
     assert call(chooser, "k", same) == (2, True)        # tried: only 3% faster
     assert call(chooser, "k", same)[0] == 1
     assert chooser.backoff > chooser.min_backoff
+
+
+@pytest.mark.parametrize("inner, same_bits", [(64, True), (3000, False)])
+def test_accumulating_products_in_the_blas_call(monkeypatch, inner, same_bits):
+    """out += a @ b with beta = 1 in the BLAS call: the scratch way's bits
+    while the inner dimension fits one BLAS block, its values beyond."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((inner, 300)).astype(np.float32).T       # a transposed view
+    b = rng.standard_normal((inner, 200)).astype(np.float32)
+    start = rng.standard_normal((300, 200)).astype(np.float32)
+    direct = start.copy()
+    assert threads._blas_accumulate(a, b, direct)
+    monkeypatch.setattr(threads, "_sgemm", False)
+    scratch = start.copy()
+    threads.add_matmul(a, b, scratch)
+    if same_bits:
+        assert np.array_equal(direct, scratch)
+    np.testing.assert_allclose(direct, scratch, rtol=1e-4, atol=1e-3)
+    assert not np.array_equal(direct, start)
