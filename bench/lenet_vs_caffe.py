@@ -213,12 +213,21 @@ def last_accuracy(framework, text):
     return float(found[-1]) if found else float("nan")
 
 
+def bench_environment(threads):
+    """The frameworks' environment: the thread counts, and Python's bytecode
+    cache on, as on an installed package (PYTHONDONTWRITEBYTECODE, set in
+    some sandboxes, would make every run recompile sppcaffe's sources, 0.2 s;
+    PyTorch's wheel ships its bytecode, so it would not pay it)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def run_once(framework, args, busy):
     run_dir = os.path.join(OUT, f"run_{framework}")
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = command(framework, args, run_dir)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads),
-               OMP_NUM_THREADS=str(args.threads))
+    env = bench_environment(args.threads)
     before = load_averages()
     with competing_process(busy):
         start = time.perf_counter()
@@ -288,10 +297,12 @@ def main():
               "bash ../shared/refcaffe/install.sh sets it up): Caffe left out")
         frameworks.remove("caffe")
     make_data()
-    # sppcaffe's compiled loops are built once per machine (cached): not a
-    # cost of the timed runs, as Caffe's build is not.
-    from sppcaffe.backends import native
-    native.library()
+    # sppcaffe's compiled loops are built once per machine and its bytecode
+    # once per install (both cached): not costs of the timed runs, as
+    # Caffe's build is not.
+    subprocess.run([sys.executable, "-c", "import sppcaffe.cli.train_net, sppcaffe.solvers; "
+                    "from sppcaffe.backends import native; native.library()"],
+                   check=True, env=bench_environment(args.threads), cwd=ROOT)
     import platform
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{args.threads} threads each; Python {platform.python_version()}, numpy "
