@@ -156,3 +156,41 @@ def test_built_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
     stamp = built[0].stat().st_mtime_ns
     assert native._load() is not False
     assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+def test_sgd_update_gives_the_numpy_solvers_bits(monkeypatch):
+    """The fused SGD + L2 step (a golden case with momentum, decay and
+    multipliers) against the NumPy update, over several steps."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_solvers import golden_solver, load_expected
+    from sppcaffe.solvers.updates import SGDSolver
+
+    def run():
+        solver = golden_solver("solver_sgd")
+        assert type(solver) is SGDSolver and solver.param.weight_decay > 0
+        feed = load_expected("solver_sgd", "feed.npz")
+        for it in range(4):
+            solver.net.blobs["data"].data[...] = feed["data"][it % len(feed["data"])]
+            solver.net.blobs["label"].data[...] = feed["label"][it % len(feed["label"])]
+            solver.step(1)
+        return ([p.data.copy() for p in solver.net.learnable_params]
+                + [h.data.copy() for h in solver.history_blobs])
+
+    calls = []
+    real = native._load
+
+    def counting_load():
+        functions = real()
+        if functions:
+            update = functions["sc_sgd_update"]
+            functions = dict(functions, sc_sgd_update=lambda *a: (calls.append(1), update(*a)))
+        return functions
+
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_load", counting_load)
+    compiled, plain = both(monkeypatch, run)
+    assert calls                                   # the fused step ran
+    for a, b in zip(compiled, plain):
+        same_bits(a, b)

@@ -23,8 +23,9 @@ import math
 
 import numpy as np
 
-from ..backends import gpu, gpu_mode
+from ..backends import gpu, gpu_mode, native
 from ..blob import Blob
+from ..im2col import split_parallel
 from ..workspace import Workspace
 from .lr_policy import learning_rate
 from .solver import Solver
@@ -67,8 +68,12 @@ class SGDSolver(Solver):
         on_device = gpu_mode()
         self._clip_gradients(on_device)
         params = self.net.learnable_params
+        applied = set()
         for i in range(len(params)):
             self._normalize(i, on_device)
+            if not on_device and self._fused_host_update(i, rate):
+                applied.add(i)
+                continue
             self._regularize(i, on_device)
             if on_device:
                 self.compute_update_value_gpu(i, rate)
@@ -79,9 +84,34 @@ class SGDSolver(Solver):
             for p in params:
                 device.axpy(p.count, -1.0, p.gpu_diff, p.mutable_gpu_data)
         else:
-            for p in params:
-                p.data -= p.diff
+            for i, p in enumerate(params):
+                if i not in applied:
+                    p.data -= p.diff
         self.iter += 1
+
+    def _fused_host_update(self, i, rate):
+        """Plain SGD with L2 decay (the usual solver) as one compiled pass
+        over param i (native.c: the same operations, order and bits as
+        _regularize, compute_update_value and ``data -= diff``); False when
+        it does not apply (another rule, L1, no compiled loops)."""
+        if type(self).compute_update_value is not SGDSolver.compute_update_value:
+            return False
+        decay = F32(self.param.weight_decay) * F32(self.net.params_weight_decay[i])
+        if decay and self.param.regularization_type != "L2":
+            return False
+        lib = native.library()
+        p = self.net.learnable_params[i]
+        w, g, h = p.data, p.diff, self._host_history(i)
+        if lib is None or not native.usable(w, g, h) or not w.dtype == g.dtype == h.dtype == F32:
+            return False
+        constants = (float(decay), float(self._local_rate(i, rate)),
+                     float(F32(self.param.momentum)), int(bool(decay)))
+        start = [native.pointer(a) for a in (w, g, h)]
+
+        def part(lo, hi):       # elementwise: any split gives the same bits
+            lib["sc_sgd_update"](*(s + 4 * lo for s in start), hi - lo, *constants)
+        split_parallel(part, w.size, 3 * w.size)
+        return True
 
     def _clip_gradients(self, on_device):
         clip = F32(self.param.clip_gradients)
