@@ -1,5 +1,5 @@
-"""The CPU's compiled loops: im2col, col2im, MAX pooling and the rank-one
-weight-gradient update (native.c).
+"""The CPU's compiled loops (native.c): im2col, col2im, MAX pooling, batch
+1's rank-one weight gradient and the SGD update.
 
 NumPy runs these as several strided passes over the whole batch, which
 costs more than the convolutions' GEMMs on small nets (LeNet's conv2:
