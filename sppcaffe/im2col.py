@@ -153,18 +153,26 @@ def _pad_into(x, geom, padded):
     _interior(padded, geom, h, w)[...] = x
 
 
-def _native(name, src, dst, geom, out_hw, image_shape):
-    """Run native.c's `name` (sppcaffe/backends/native.py) over (channel,
-    image) units on the worker threads; False when it is not available."""
+def run_native(name, arrays, args, units, elements):
+    """Run native.c's `name` (sppcaffe/backends/native.py) with `args`
+    (arrays passed as pointers) and a unit range [lo, hi) split over the
+    worker threads as split_parallel does; False, with nothing done, where
+    the compiled loops are not available or cannot take `arrays`."""
     lib = native.library()
-    if lib is None or not native.usable(src, dst):
+    if lib is None or not native.usable(*arrays):
         return False
     function = lib[name]
-    n, c, h, w = image_shape
-    args = (native.pointer(src), n, c, h, w, *geom.kernel, *geom.pad, *geom.stride,
-            *geom.dilation, *out_hw, native.pointer(dst))
-    split_parallel(lambda lo, hi: function(*args, lo, hi), n * c, src.size + dst.size)
+    args = [native.pointer(a) if isinstance(a, np.ndarray) else a for a in args]
+    split_parallel(lambda lo, hi: function(*args, lo, hi), units, elements)
     return True
+
+
+def _native(name, src, dst, geom, out_hw, image_shape):
+    """im2col or col2im (by `name`) over (channel, image) units."""
+    n, c, h, w = image_shape
+    return run_native(name, (src, dst), (src, n, c, h, w, *geom.kernel, *geom.pad, *geom.stride,
+                                         *geom.dilation, *out_hw, dst),
+                      n * c, src.size + dst.size)
 
 
 def im2col(x, geom, col=None, padded=None):

@@ -399,10 +399,15 @@ def _task(a, b, out, accumulate):
 
 
 def _product(a, b, out, accumulate):
-    if accumulate and a.shape[1] == 1 and native.add_outer(a, b, out):
-        return                              # batch 1's weight gradient: one pass
-    if accumulate and _blas_accumulate(a, b, out):
-        return
+    if accumulate:
+        # Both in-place ways below write `out` by rows: one with unit row
+        # stride (a transposed weight gradient) is the same sum transposed.
+        rows_first = (b.T, a.T, out.T) if out.strides[1] != 4 and out.strides[0] == 4 \
+            else (a, b, out)
+        if rows_first[0].shape[1] == 1 and native.add_outer(*rows_first):
+            return                          # batch 1's weight gradient: one pass
+        if _blas_accumulate(*rows_first):
+            return
     if accumulate:
         _add_through_scratch(a, b, out)     # no temporary as large as the weights
     else:
@@ -459,8 +464,6 @@ def _blas_accumulate(a, b, out):
         _sgemm = _find_sgemm()
     if not _sgemm or not (a.dtype == b.dtype == out.dtype == np.float32):
         return False
-    if out.strides[1] != 4 and out.strides[0] == 4:
-        a, b, out = b.T, a.T, out.T                 # (a b)^T = b^T a^T, on out's rows
     left, right, target = _operand(a), _operand(b), _operand(out)
     if left is None or right is None or target is None or target[0] != _NO_TRANS:
         return False

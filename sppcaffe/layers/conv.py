@@ -231,10 +231,14 @@ class ConvolutionLayer(Layer):
     # of 0.8 ms for one wide product and the transpose after it).
     stack_rows = 64
 
+    def _per_image(self):
+        """Few column rows per group: one product per image (see stack_rows)."""
+        group_rows = self._col_groups[0]
+        return group_rows.stop - group_rows.start <= self.stack_rows
+
     def _forward_columns(self, col, w2, scale, shift, y, out=None):
         n, o, p = y.shape
-        k = self._col_groups[0].stop - self._col_groups[0].start
-        if n == 1 or k <= self.stack_rows:
+        if n == 1 or self._per_image():
             # Per image: no (O, N, P) -> (N, O, P) copy.
             cols = col.reshape(col.shape[0], n, p)
             for og, kg in zip(self._out_groups, self._col_groups):
@@ -311,8 +315,7 @@ class ConvolutionLayer(Layer):
     def _backward_columns(self, i, dy, b, want_w, want_x):
         n, o, p = dy.shape
         col = self._cols[i] if self._col_valid.get(i) else self._im2col(i, b.data)
-        k = self._col_groups[0].stop - self._col_groups[0].start
-        if n > 1 and k <= self.stack_rows:
+        if n > 1 and self._per_image():
             self._backward_per_image(i, dy, b, col, want_w, want_x)
             return
         dy_t = self._buffer("_out_cols", (o, n * p))

@@ -21,9 +21,9 @@ same file through sppcaffe.layers.window_pool_device.
 """
 import numpy as np
 
-from ..backends import gpu, native
+from ..backends import gpu
 from ..flat_windows import FlatWindows, blocks
-from ..im2col import split_parallel
+from ..im2col import run_native, split_parallel
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 from ..spp_geometry import ceil_div, pooled_size, uniform_bins
@@ -200,14 +200,10 @@ def max_pool_forward(x, kernel, stride, pad, out_shape, out=None, argmax=None, w
 def _native_max_pool(x, kernel, stride, pad, out_shape, y, arg):
     """native.c's MAX pooling (same bits as the NumPy code below) over
     blocks of planes on the worker threads; False when not available."""
-    lib = native.library()
-    if lib is None or not native.usable(x, y, *([] if arg is None else [arg])):
-        return False
     n, c, h, w = x.shape
-    args = (native.pointer(x), h, w, *kernel, *stride, *pad, *out_shape, native.pointer(y),
-            None if arg is None else native.pointer(arg))
-    split_parallel(lambda lo, hi: lib["sc_max_pool"](*args, lo, hi), n * c, x.size)
-    return True
+    arrays = (x, y) if arg is None else (x, y, arg)
+    return run_native("sc_max_pool", arrays, (x, h, w, *kernel, *stride, *pad, *out_shape, y, arg),
+                      n * c, x.size)
 
 
 def max_pool_backward(dy, argmax, dx):
@@ -217,11 +213,8 @@ def max_pool_backward(dy, argmax, dx):
     if not dx.flags.c_contiguous:
         raise ValueError("max_pool_backward needs a C-contiguous dx")
     n, c, h, w = dx.shape
-    lib = native.library()
-    if lib is not None and native.usable(dy, argmax):
-        args = (native.pointer(dy), native.pointer(argmax), h, w, *dy.shape[2:],
-                native.pointer(dx))
-        split_parallel(lambda lo, hi: lib["sc_max_pool_backward"](*args, lo, hi), n * c, dx.size)
+    if run_native("sc_max_pool_backward", (dy, argmax),
+                  (dy, argmax, h, w, *dy.shape[2:], dx), n * c, dx.size):
         return
     planes = np.arange(n * c, dtype=np.intp).reshape(n, c, 1, 1) * (h * w)
     index = np.add(argmax, planes).reshape(-1)
