@@ -26,6 +26,7 @@ threads (by image or by channel).
 of every layer lowered to matrix products (Convolution, InnerProduct).
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -118,10 +119,32 @@ def set_workers(count):
     _pool = None
 
 
+_task_state = threading.local()
+
+
+def in_task():
+    """Whether this thread runs one of several tasks that share the cores
+    (threads.run_tasks): work inside it is not split again."""
+    return getattr(_task_state, "inside", False)
+
+
+def as_task(function):
+    """`function`, run with in_task() true."""
+    def run():
+        _task_state.inside = True
+        try:
+            function()
+        finally:
+            _task_state.inside = False
+    return run
+
+
 def split_parallel(task, size, elements):
     """Call task(lo, hi) over chunks of range(size), on several threads
     when there is enough work (`elements` touched) to pay for the hand-off."""
     chunks = min(_WORKERS, size) if elements >= _MIN_PARALLEL_ELEMENTS else 1
+    if in_task():
+        chunks = 1
     if chunks <= 1:
         task(0, size)
         return

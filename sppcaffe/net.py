@@ -687,6 +687,15 @@ class Net:
             if hasattr(layer, "close"):
                 layer.close()
 
+    def set_forward_only(self):
+        """Mark every layer forward_only, for a net that is only ever run
+        forward although it has a loss (a solver's test nets, `caffe
+        test`): convolutions then keep no columns (less memory, and the
+        faster chunked forward).  A backward called anyway recomputes what
+        it needs, or says why it cannot."""
+        for layer in self.layers:
+            layer.forward_only = True
+
     def clear_param_diffs(self):
         """Zero the learnable params' gradients (Caffe's ClearParamDiffs),
         on the device in GPU mode: no copy either way."""

@@ -23,6 +23,7 @@ The thread limit is the BLAS library's (threadpoolctl's `threadpool_limits`,
 OPENBLAS_NUM_THREADS, train_net --threads, the MPI ranks' share of the
 cores): read when a product starts, and put back when it ends.
 """
+import collections
 import itertools
 import os
 import queue
@@ -32,7 +33,7 @@ import time
 import numpy as np
 
 from .backends import native
-from .im2col import add_matmul as _add_through_scratch
+from .im2col import add_matmul as _add_through_scratch, as_task, in_task
 
 # A block is at least this many multiply-adds (smaller ones cost more to
 # hand over than to compute) and at least MIN_BLOCK_WIDTH columns or rows
@@ -249,15 +250,20 @@ class Chooser:
     """Per product shape, whether several threads beat one, by timing both.
 
     A shape is timed `trials` times each way after a warm-up call; then the
-    faster way runs.  When the way taken gets slower than the other way's
-    last time (another process took a core), the other way runs next.  The
-    way not taken is tried again from time to time, less and less often
-    while it keeps losing (`backoff` seconds, doubling up to `max_backoff`),
-    so a busy machine pays for few failed tries and an idle one gets its
-    threads back within seconds.  The tries share one clock over all
-    shapes: a busy machine is busy for all of them."""
+    faster way runs.  Each way is judged by the best of its last `window`
+    times, so that one disturbed product (a helper thread woken from a long
+    sleep, a core busy for a moment) does not move a shape to the slower
+    way.  When the way taken gets slower than the other way's figure
+    (another process took a core), the other way runs next.  The way not
+    taken is tried again from time to time, `window` products in a row (the
+    first after a long pause is slow: helpers wake up, caches refill), less
+    and less often while it keeps losing (`backoff` seconds, doubling up to
+    `max_backoff`), so a busy machine pays for few failed tries and an idle
+    one gets its threads back within seconds.  The tries share one clock
+    over all shapes: a busy machine is busy for all of them."""
 
     trials = 2
+    window = 3
     min_backoff, max_backoff = 0.05, 4.0
     # A try wins only when clearly faster: ways about as fast as each other
     # would otherwise keep resetting the backoff by chance.
@@ -273,49 +279,57 @@ class Chooser:
         """(threads to use, whether this call tries the way not taken)."""
         state = self.shapes.get(key)
         if state is None:
-            state = self.shapes[key] = _ShapeState()
+            state = self.shapes[key] = _ShapeState(self.window)
         calls = state.calls
         if calls == 0:
             return threads, False                    # warm-up: first-touch costs
         if calls <= 2 * self.trials:
             return (1 if calls % 2 else threads), False
-        if self.clock() >= self.next_try:
+        if state.trying == 0 and self.clock() >= self.next_try:
+            state.trying = self.window
+            self.next_try = self.clock() + self.backoff      # one shape tries at a time
+        if state.trying:
             return (threads if state.use_one else 1), True
         return (1 if state.use_one else threads), False
 
     def record(self, key, used_one, seconds, tried):
         state = self.shapes[key]
         state.calls += 1
-        times = state.times
         if state.calls == 1:
             return
-        if state.calls <= 2 * self.trials + 1:               # the timed trials: best of each way
-            times[used_one] = min(seconds, times.get(used_one, seconds))
+        state.times[used_one].append(seconds)
+        if state.calls <= 2 * self.trials + 1:               # the timed trials
             if state.calls == 2 * self.trials + 1:
-                state.use_one = times[True] <= times[False]
+                state.use_one = state.best(True) <= state.best(False)
                 self.next_try = max(self.next_try, self.clock() + self.backoff)
             return
         if tried:
-            if seconds < self.win_margin * times[state.use_one]:
+            state.trying -= 1
+            if state.trying:
+                return
+            if state.best(used_one) < self.win_margin * state.best(not used_one):
                 state.use_one = used_one
                 self.backoff = self.min_backoff
             else:
                 self.backoff = min(2 * self.backoff, self.max_backoff)
-            times[used_one] = seconds
             self.next_try = self.clock() + self.backoff
             return
-        times[used_one] = seconds
-        if seconds > times[not used_one]:
+        if state.best(used_one) > state.best(not used_one):
             state.use_one = not used_one
 
 
 class _ShapeState:
-    __slots__ = ("calls", "times", "use_one")
+    __slots__ = ("calls", "times", "use_one", "trying")
 
-    def __init__(self):
+    def __init__(self, window):
         self.calls = 0
-        self.times = {}          # used one thread? -> seconds
+        self.times = {True: collections.deque(maxlen=window),     # used one thread? -> s
+                      False: collections.deque(maxlen=window)}
         self.use_one = False
+        self.trying = 0                 # products left in the current try
+
+    def best(self, used_one):
+        return min(self.times[used_one])
 
 
 _chooser = Chooser()
@@ -330,7 +344,7 @@ def matmul(a, b, out, accumulate=False):
     on the thread count.  `out` may be a strided view (unit column stride)."""
     rows, inner = a.shape
     cols = b.shape[1]
-    if rows * inner * cols <= SINGLE_THREAD_MACS:
+    if rows * inner * cols <= SINGLE_THREAD_MACS or in_task():
         _product(a, b, out, accumulate)
         return out
     axis, bounds = block_bounds(rows, inner, cols)
@@ -358,7 +372,7 @@ def matmul_stack(a, b, out):
     rows, inner = a.shape[-2:]
     blocks = min(MAX_BLOCKS, n, rows * inner * b.shape[2] * n // MIN_BLOCK_MACS)
     with _one_blas_thread as limit:
-        if blocks < 2:
+        if blocks < 2 or in_task():
             np.matmul(a, b, out=out)
             return out
         bounds = [n * k // blocks for k in range(blocks + 1)]
@@ -366,6 +380,16 @@ def matmul_stack(a, b, out):
                  for lo, hi in zip(bounds, bounds[1:])]
         _run_blocks(("stack",) + a.shape + a.strides + b.shape + b.strides, tasks, limit)
     return out
+
+
+def run_tasks(key, tasks):
+    """Run independent `tasks` on the chooser's thread count for `key`,
+    each whole on one thread (with BLAS on one thread): for jobs that
+    parallelize better as a whole than product by product, such as a
+    convolution's chunks of images, each im2col, product and bias add
+    while its columns are in the core's cache."""
+    with _one_blas_thread as limit:
+        _run_blocks(key, [as_task(task) for task in tasks], limit)
 
 
 def _run_blocks(key, tasks, limit):

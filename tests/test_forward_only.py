@@ -84,3 +84,41 @@ def test_the_net_marks_layers_it_never_runs_backward(force_backward):
     else:
         with pytest.raises(LayerError, match="did not keep"):
             scale.backward([top], [True], [top])
+
+
+CONV_LOSS_NET = """
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 6 dim: 2 dim: 9 dim: 9 } shape { dim: 6 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3
+                            weight_filler { type: "gaussian" std: 0.3 }
+                            bias_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def test_a_solvers_test_nets_run_forward_only_with_the_same_results(monkeypatch):
+    """As in Caffe's Solver, test nets never run backward: their layers are
+    forward_only (no kept columns; convolutions run in chunks, here of one
+    image), and they compute what the same net built for training does."""
+    from test_solvers import make_param
+    monkeypatch.setattr(sppcaffe.layers.conv.ConvolutionLayer, "cache_column_bytes", 1)
+    solver = sppcaffe.get_solver(make_param(CONV_LOSS_NET, test_iter=[1], test_interval=5))
+    test_net = solver.test_nets[0]
+    solver.share_weights(test_net)
+    assert all(layer.forward_only for layer in test_net.layers)
+    assert not solver.net.layer_dict["conv"].forward_only
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, 2, 9, 9)).astype(np.float32)
+    label = rng.integers(0, 3, 6).astype(np.float32)
+    outputs = []
+    for net in (test_net, solver.net):
+        net.blobs["data"].data[...] = x
+        net.blobs["label"].data[...] = label
+        net.forward()
+        outputs.append((net.blobs["conv"].data.copy(), net.blobs["loss"].data.copy()))
+    assert test_net.layer_dict["conv"]._col_valid == {0: False}       # no columns kept
+    np.testing.assert_allclose(outputs[0][0], outputs[1][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(outputs[0][1], outputs[1][1], rtol=1e-6)

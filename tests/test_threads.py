@@ -145,26 +145,51 @@ def test_chooser_leaves_threads_that_collapse_and_comes_back():
     quiet = {1: 2.0e-3, 2: 1.1e-3}
     busy = {1: 3.0e-3, 2: 40e-3}                # a competing process: threads wait on each other
     settle(chooser, "k", quiet)
-    assert call(chooser, "k", busy) == (2, False)       # the first slow product...
+    for _ in range(chooser.window):              # the slow products fill the window...
+        assert call(chooser, "k", busy) == (2, False)
     assert call(chooser, "k", busy) == (1, False)       # ...and the next runs alone
-    # While busy, tries of two threads come less and less often.
-    tries = []
+    # While busy, tries of two threads come less and less often, each a few
+    # products in a row.
+    tries, run = [], 0
     for step in range(400):
         clock.now += 0.01
         chosen, tried = call(chooser, "k", busy)
         if tried:
-            tries.append(clock.now)
             assert chosen == 2
+            if run == 0:
+                tries.append(clock.now)
+            run += 1
         else:
             assert chosen == 1
+            assert run in (0, chooser.window)
+            run = 0
     gaps = np.diff(tries)
     assert len(tries) >= 3 and all(g2 >= g1 for g1, g2 in zip(gaps, gaps[1:]))
     assert gaps[-1] > 0.5
     # Quiet again: the next try wins and two threads stay.
     clock.now += chooser.max_backoff
-    assert call(chooser, "k", quiet) == (2, True)
-    clock.now += 0.001
+    for _ in range(chooser.window):
+        assert call(chooser, "k", quiet) == (2, True)
+        clock.now += 0.001
     assert call(chooser, "k", quiet) == (2, False)
+
+
+def test_one_slow_product_does_not_move_a_shape():
+    """A helper woken from a long sleep makes one product slow: neither the
+    way taken nor a try is judged by that one product."""
+    clock = Clock()
+    chooser = threads.Chooser(clock)
+    quiet = {1: 2.0e-3, 2: 1.1e-3}
+    settle(chooser, "k", quiet)
+    assert call(chooser, "k", {1: 2.0e-3, 2: 9e-3}) == (2, False)    # one disturbed product
+    assert call(chooser, "k", quiet) == (2, False)
+    # A shape on one thread: the try's first product is slow, the rest fast.
+    settle(chooser, "j", {1: 1.0e-3, 2: 4e-3})                         # one thread chosen
+    clock.now += chooser.max_backoff
+    assert call(chooser, "j", {1: 1.0e-3, 2: 4e-3}) == (2, True)
+    for _ in range(chooser.window - 1):
+        assert call(chooser, "j", {1: 1.0e-3, 2: 0.6e-3}) == (2, True)
+    assert call(chooser, "j", {1: 1.0e-3, 2: 0.6e-3}) == (2, False)
 
 
 def test_a_try_must_win_clearly():
@@ -173,7 +198,8 @@ def test_a_try_must_win_clearly():
     same = {1: 1.0e-3, 2: 0.97e-3}
     settle(chooser, "k", {1: 1.0e-3, 2: 1.2e-3})        # one thread chosen
     clock.now += 1.0
-    assert call(chooser, "k", same) == (2, True)        # tried: only 3% faster
+    for _ in range(chooser.window):
+        assert call(chooser, "k", same) == (2, True)    # tried: only 3% faster
     assert call(chooser, "k", same)[0] == 1
     assert chooser.backoff > chooser.min_backoff
 
@@ -195,3 +221,24 @@ def test_accumulating_products_in_the_blas_call(monkeypatch, inner, same_bits):
         assert np.array_equal(direct, scratch)
     np.testing.assert_allclose(direct, scratch, rtol=1e-4, atol=1e-3)
     assert not np.array_equal(direct, start)
+
+
+def test_tasks_run_whole_on_one_thread_each():
+    """run_tasks: products inside a task are not split again (a helper
+    waiting on helpers would deadlock), and give the same bits."""
+    from sppcaffe.im2col import in_task
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((64, 300)).astype(np.float32)
+    bs = [rng.standard_normal((300, 2000)).astype(np.float32) for _ in range(6)]
+    outs = [np.empty((64, 2000), np.float32) for _ in bs]
+    inside = []
+
+    def task(k):
+        inside.append(in_task())
+        threads.matmul(a, bs[k], outs[k])
+    with threadpool_limits(2):
+        for _ in range(8):                       # past the chooser's trials: both ways run
+            threads.run_tasks("test tasks", [lambda k=k: task(k) for k in range(6)])
+    assert all(inside) and not in_task()
+    for b, out in zip(bs, outs):
+        assert np.array_equal(out, threads.matmul(a, b, np.empty_like(out)))

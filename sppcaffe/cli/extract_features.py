@@ -142,6 +142,7 @@ def _load_net(net_path, weights):
         net.copy_from(weights)
     except (LayerError, ValueError, OSError) as err:
         raise CliError(naming_file(weights, err)) from None
+    net.set_forward_only()
     return net
 
 

@@ -89,6 +89,7 @@ def run(args):
     net = Net(args.model, PHASES[args.phase], level=args.level, stages=args.stage)
     require_layers(net, args.model)
     net.copy_from(args.weights)
+    net.set_forward_only()
     log.info("Running for %d iterations.", args.iterations)
     with blas_threads(args.threads, net):
         score(net, args.iterations)

@@ -317,7 +317,9 @@ class Solver:
             if len(p.test_state):
                 net_state.MergeFrom(p.test_state[i])
             log.info("Creating test net (#%d) specified by %s", i, what)
-            nets.append(self._build_net(net_param, net_state, f"test net #{i}", path))
+            net = self._build_net(net_param, net_state, f"test net #{i}", path)
+            net.set_forward_only()          # as Caffe's Solver: test nets never run backward
+            nets.append(net)
         return nets
 
     # ------------------------------------------------------------------
