@@ -34,11 +34,13 @@ def conv_pair(settings, shape):
 
 
 @pytest.mark.parametrize("column_bytes", [1, 600, 1 << 30])   # 1 image, a few, all
+@pytest.mark.parametrize("cache_bytes", [1, 1 << 20])          # images in turn, or on threads
 @pytest.mark.parametrize("settings", CONV_CASES)
-def test_convolution_in_chunks_matches_whole_batch(settings, column_bytes):
+def test_convolution_in_chunks_matches_whole_batch(settings, column_bytes, cache_bytes):
     shape = (5, 4, 7, 6)
     kept, chunked = conv_pair(settings, shape)
     chunked.forward_column_bytes = column_bytes
+    chunked.cache_column_bytes = cache_bytes
     tops = []
     for layer in (kept, chunked):
         bottom, top = [random_blob(shape, seed=2)], [Blob()]
@@ -104,7 +106,8 @@ def test_a_solvers_test_nets_run_forward_only_with_the_same_results(monkeypatch)
     forward_only (no kept columns; convolutions run in chunks, here of one
     image), and they compute what the same net built for training does."""
     from test_solvers import make_param
-    monkeypatch.setattr(sppcaffe.layers.conv.ConvolutionLayer, "cache_column_bytes", 1)
+    # Chunks of one image (2 x 3 x 3 column rows of 7 x 7 outputs), on threads.
+    monkeypatch.setattr(sppcaffe.layers.conv.ConvolutionLayer, "cache_column_bytes", 4000)
     solver = sppcaffe.get_solver(make_param(CONV_LOSS_NET, test_iter=[1], test_interval=5))
     test_net = solver.test_nets[0]
     solver.share_weights(test_net)
