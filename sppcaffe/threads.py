@@ -388,6 +388,10 @@ def run_tasks(key, tasks):
     parallelize better as a whole than product by product, such as a
     convolution's chunks of images, each im2col, product and bias add
     while its columns are in the core's cache."""
+    if in_task():                   # a task's own tasks stay on its thread
+        for task in tasks:
+            task()
+        return
     with _one_blas_thread as limit:
         _run_blocks(key, [as_task(task) for task in tasks], limit)
 

@@ -1,7 +1,9 @@
 """sppcaffe/threads.py: matrix products split over threads in blocks fixed by
 the shape (the same bits on any number of threads), the BLAS limit read and
 put back, and the per-shape choice of threads by measured time."""
+import itertools
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -240,5 +242,23 @@ def test_tasks_run_whole_on_one_thread_each():
         for _ in range(8):                       # past the chooser's trials: both ways run
             threads.run_tasks("test tasks", [lambda k=k: task(k) for k in range(6)])
     assert all(inside) and not in_task()
+    # Tasks of tasks run on the thread of the task that made them, even with
+    # a helper free to take them: the first outer task waits for the other.
+    nested, started, other_done = [], itertools.count(), threading.Event()
+
+    def outer():
+        if next(started) == 1:
+            other_done.set()
+            return
+        assert other_done.wait(5)
+        me = threading.current_thread()
+
+        def inner():
+            time.sleep(0.05)                    # time for a free helper to take one
+            nested.append(threading.current_thread() is me)
+        threads.run_tasks("inner", [inner] * 3)
+    with threadpool_limits(2):
+        threads.run_tasks("outer", [outer, outer])          # the first call uses every thread
+    assert nested == [True] * 3
     for b, out in zip(bs, outs):
         assert np.array_equal(out, threads.matmul(a, b, np.empty_like(out)))
