@@ -289,6 +289,42 @@ def test_tool_runs_as_an_executable(tiny):
     assert os.path.isfile(f"{prefix}_iter_2.caffemodel")
 
 
+@pytest.mark.parametrize("argv, starts", [
+    (["--solver", "s.prototxt"], True),
+    (["--solver", "s.prototxt", "--no-plot"], False),
+    (["--help"], False),
+])
+def test_the_launcher_starts_the_curve_helper_only_for_runs_that_draw(monkeypatch, argv, starts):
+    from sppcaffe.cli import curve_plot
+    helper = curve_plot.PlotProcess.for_command_line(argv)
+    try:
+        assert (helper is not None) == starts
+    finally:
+        if helper is not None:
+            helper.close()
+    monkeypatch.setenv("PMI_RANK", "1")                # another MPI rank: rank 0 draws
+    assert curve_plot.PlotProcess.for_command_line(["--solver", "s.prototxt"]) is None
+
+
+@pytest.mark.parametrize("no_plot", [False, True])
+def test_train_net_uses_or_ends_the_helper_it_is_given(tiny, capsys, no_plot):
+    """tools/train_net starts the helper before importing sppcaffe and hands
+    it to main(): the curves are drawn by it, and a run that draws none
+    ends it."""
+    from sppcaffe.cli import curve_plot
+    solver, prefix = tiny
+    helper = curve_plot.PlotProcess()
+    proc = helper.proc
+    code = train_net.main(["--solver", solver, "--iters", "2"] + ["--no-plot"] * no_plot,
+                          plot_helper=helper)
+    capsys.readouterr()
+    assert code == 0
+    assert helper.proc is None and proc.poll() is not None       # used up or ended
+    assert os.path.isfile(prefix + "_training.png") == (not no_plot)
+    if not no_plot:
+        assert proc.returncode == 0                    # it answered (not killed)
+
+
 def test_sigint_snapshots_and_exits_cleanly(tiny):
     solver, prefix = tiny
     proc = subprocess.Popen([sys.executable, os.path.join(TOOLS, "train_net"), "--solver", solver,

@@ -12,7 +12,10 @@ left at the end.  The parent writes the file (atomically), and draws in
 process if the helper failed for any reason.
 
 This module imports nothing from sppcaffe, so that the helper process does
-not load the framework.
+not load the framework, and so that tools/train_net can load it by its path
+and start the helper before it imports sppcaffe itself
+(`PlotProcess.for_command_line`): the helper's imports then run on the core
+that the launcher's leave idle rather than beside the first test pass.
 """
 import io
 import json
@@ -124,6 +127,10 @@ def _serve():
     sys.stdout.buffer.flush()
 
 
+# Where MPI launchers put a process's rank (MPICH/Hydra, Open MPI, PMIx).
+_MPI_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
 class PlotProcess:
     """The helper process (see the module's docstring).  `render` gives the
     PNG bytes, or None when the helper could not make them (the caller
@@ -140,6 +147,17 @@ class PlotProcess:
                                          start_new_session=True)
         except OSError:
             pass
+
+    @classmethod
+    def for_command_line(cls, argv):
+        """The helper for train_net's command line `argv`, started before
+        sppcaffe is imported (tools/train_net), or None where that run draws
+        no curves (--no-plot, --help, an MPI rank other than 0)."""
+        if {"--no-plot", "-h", "--help"} & set(argv):
+            return None
+        if any(os.environ.get(name, "0") != "0" for name in _MPI_RANK_VARIABLES):
+            return None
+        return cls()
 
     def render(self, rows, test_losses, title="", timeout=120):
         if self.proc is None:

@@ -211,7 +211,8 @@ def unmatched_weights_hint():
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-def train(args):
+def train(args, plot_helper=None):
+    """`plot_helper`: a curve_plot.PlotProcess started early (tools/train_net)."""
     # Several MPI ranks (mpiexec -n N ...): data-parallel, see parallel/training.py.
     comm = parallel.world()
     param = solver_parameters(args)
@@ -227,11 +228,11 @@ def train(args):
                        allow_nan=args.allow_nan,
                        allow_unmatched_weights=args.allow_unmatched_weights)
     with blas_threads(args.threads, solver.net):
-        run_solver(solver, param, args, comm)
+        run_solver(solver, param, args, comm, plot_helper)
     return 0
 
 
-def run_solver(solver, param, args, comm=None):
+def run_solver(solver, param, args, comm=None, plot_helper=None):
     """Resume or fine-tune, train to max_iter, write the curves.  Over
     MPI (`comm`), rank 0 alone reads the files and writes the curves."""
     curves = progress.TrainingCurves()
@@ -250,7 +251,11 @@ def run_solver(solver, param, args, comm=None):
         solver.add_listener(curves)
     bar = progress.ProgressBar(solver, enabled=sys.stderr.isatty() and not args.no_progress)
     # matplotlib gets ready in another process while training runs.
-    plotter = curve_plot.PlotProcess() if root and not args.no_plot else None
+    plotter = None
+    if root and not args.no_plot:
+        plotter = plot_helper or curve_plot.PlotProcess()
+    elif plot_helper is not None:
+        plot_helper.close()
     log.info("Starting Optimization")
     try:
         solver.solve()
@@ -301,13 +306,19 @@ def run_tool(prog, body, args):
 
 
 @parallel.end_all_on_failure      # under mpiexec: a failing rank stops them all
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.snapshot and args.weights:
-        # caffe train's check: resuming restores the weights the snapshot names.
-        parser.error("give --snapshot to resume training or --weights to fine-tune, not both")
-    return run_tool(PROG, train, args)
+def main(argv=None, plot_helper=None):
+    """`plot_helper`: the curves' helper process, when the launcher started
+    it before importing sppcaffe (tools/train_net); ended here if unused."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.snapshot and args.weights:
+            # caffe train's check: resuming restores the weights the snapshot names.
+            parser.error("give --snapshot to resume training or --weights to fine-tune, not both")
+        return run_tool(PROG, functools.partial(train, plot_helper=plot_helper), args)
+    finally:
+        if plot_helper is not None:
+            plot_helper.close()
 
 
 if __name__ == "__main__":
