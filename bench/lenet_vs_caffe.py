@@ -267,6 +267,16 @@ def report(all_runs, frameworks):
                   f"{statistics.median(r['seconds'] for r in runs[f]):.2f} | {ratio['caffe']} | "
                   f"{ratio['torch']} | {b['accuracy']:.4f} | {b['load_before']} -> "
                   f"{b['load_after']} |")
+    # Within a round the frameworks run seconds apart, so their ratio is
+    # less exposed to this machine's drift than the ratio of bests, whose
+    # runs may be minutes apart.
+    for label, runs in all_runs.items():
+        for other in ("caffe", "torch"):
+            if "sppcaffe" in runs and other in runs:
+                ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs["sppcaffe"], runs[other])]
+                print(f"{label}: sppcaffe / {other} round by round "
+                      f"{' '.join(f'{r:.2f}' for r in ratios)}, median "
+                      f"{statistics.median(ratios):.2f}")
     if len(all_runs) == 2:
         quiet, shared = all_runs.values()
         print("\nshared / quiet (best runs): " + ", ".join(
