@@ -95,6 +95,44 @@ def test_data_layer_reads_the_images_in_order_and_cycles(images, db):
     layer.close()
 
 
+@pytest.mark.parametrize("transform", ["", "mean_value: 100 scale: 0.5",
+                                       "mean_value: 1 mean_value: 2 mean_value: 3",
+                                       "mirror: true", "crop_size: 6 mirror: true"])
+def test_raw_datums_as_one_array_give_the_per_datum_batches(images, monkeypatch, transform):
+    """Raw datums of one shape are decoded and transformed as one array
+    (fewer Python steps on the prefetch thread): the same batches, labels,
+    epochs and random draws as one datum at a time."""
+    from sppcaffe.data import db_batches
+    raw_pixels = db_batches._raw_pixels
+    runs, taken = [], []
+
+    def counted(records):
+        result = raw_pixels(records)
+        taken.append(result is not None)
+        return result
+    for stacked in (True, False):
+        monkeypatch.setattr(db_batches, "_raw_pixels",
+                            counted if stacked else (lambda records: None))
+        net = build(data_layer(images["raw"], batch=3, transform=transform), phase=TRAIN, seed=4)
+        runs.append([(d, l, net.layers[0].epoch)
+                     for d, l in forward_batches(net, 4, "data", "label")])
+        net.layers[0].close()
+    assert taken and all(taken)
+    for (d1, l1, e1), (d2, l2, e2) in zip(*runs):
+        assert np.array_equal(d1, d2) and np.array_equal(l1, l2) and e1 == e2
+    records = [(b"k%d" % i, array_datum(images["chw"][i]).SerializeToString()) for i in range(2)]
+    pixels, labels = raw_pixels(records)
+    assert np.array_equal(pixels, images["chw"][:2]) and pixels.dtype == np.uint8
+    assert np.array_equal(labels, [3, 3]) and labels.dtype == np.float32
+    odd = [records[0], (b"x", array_datum(images["chw"][0][:, :5]).SerializeToString())]
+    assert raw_pixels(odd) is None                      # two shapes: one datum at a time
+
+
+def array_datum(chw):
+    from sppcaffe.data.datum import array_to_datum
+    return array_to_datum(chw.astype(np.uint8), label=3)
+
+
 def test_data_layer_centre_crop_and_mean_value(images):
     net = build(data_layer(images["raw"], batch=NUM_IMAGES,
                            transform="crop_size: 6 mean_value: 100 scale: 0.5"))

@@ -143,6 +143,18 @@ class DatumReader:
             self.epoch += 1
         return record
 
+    def next_records(self, count):
+        """[(key, value)] of the next `count` records, as `count` calls of
+        next() (cycling) with fewer Python calls per record."""
+        cursor, records = self._cursor, []
+        item, step = cursor.item, cursor.next
+        for _ in range(count):
+            records.append(item())
+            if not step():
+                cursor.first()
+                self.epoch += 1
+        return records
+
     def skip(self, count):
         for _ in range(count):
             self.next()

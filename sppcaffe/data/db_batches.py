@@ -3,7 +3,9 @@ order, cycling at its end (Caffe's data_layer.cpp)."""
 import logging
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
+from ..proto import caffe_pb2
 from .batch import Batch, BatchReader, ReaderStateMismatch
 from .datum import datum_to_array, parse_datum
 from .db import DatumReader
@@ -11,6 +13,27 @@ from .errors import DataError
 from .transformer import DataTransformer
 
 _log = logging.getLogger(__name__)
+
+
+def _raw_pixels(records):
+    """(N x C x H x W uint8 pixels, float32 labels) of serialized Datums
+    that all hold raw bytes of one shape, else None (encoded images,
+    float_data, differing shapes, or anything datum_to_array would refuse:
+    those take the per-datum way, which says what is wrong)."""
+    try:
+        datums = [caffe_pb2.Datum.FromString(value) for _, value in records]
+    except DecodeError:
+        return None
+    first = datums[0]
+    shape = (first.channels, first.height, first.width)
+    if min(shape) <= 0 or len(first.data) != shape[0] * shape[1] * shape[2]:
+        return None
+    if any(d.encoded or (d.channels, d.height, d.width) != shape or len(d.data) != len(first.data)
+           for d in datums):
+        return None
+    pixels = np.frombuffer(b"".join([d.data for d in datums]), np.uint8)
+    labels = np.array([d.label for d in datums], np.float32)
+    return pixels.reshape((len(datums),) + shape), labels
 
 
 class DBBatchReader(BatchReader):
@@ -62,14 +85,21 @@ class DBBatchReader(BatchReader):
 
     def next_batch(self):
         epoch = self.db.epoch
-        items, names = [], []
-        labels = np.empty(self.batch_size, np.float32)
-        for i in range(self.batch_size):
-            key, value = self.db.next()
-            datum, where = self._parse(key, value)
-            items.append(self._pixels(datum, where))
-            labels[i] = datum.label
-            names.append(key.decode(errors="replace"))
+        records = self.db.next_records(self.batch_size)
+        names = [key.decode(errors="replace") for key, _ in records]
+        # This runs on the prefetch thread, whose Python time the training
+        # waits for (the GIL): raw datums of one shape go as one array
+        # (LeNet's batch of 64: 0.33 -> 0.18 ms; 3-4% off its iterations,
+        # interleaved in one process).
+        stacked = _raw_pixels(records)
+        if stacked is None:
+            items, labels = [], np.empty(self.batch_size, np.float32)
+            for i, (key, value) in enumerate(records):
+                datum, where = self._parse(key, value)
+                items.append(self._pixels(datum, where))
+                labels[i] = datum.label
+        else:
+            items, labels = stacked
         data = self.transformer.transform(items, epoch, names)
         return Batch([data, labels][:self.num_top], epoch, self.transformer.size(epoch))
 

@@ -139,8 +139,11 @@ class DataTransformer:
 
     def transform(self, items, epoch=0, names=None):
         """An N x C x H x W float32 batch from N CHW arrays (uint8 or float;
-        with crop_size they may differ in height and width).  `names`
-        (one per item) are used in error messages."""
+        with crop_size they may differ in height and width), or from one
+        N x C x H x W array.  `names` (one per item) are used in error
+        messages."""
+        if isinstance(items, np.ndarray) and not self.crop_size and not self.mirror:
+            return self._transform_stacked(items, epoch, names)
         shapes = [tuple(x.shape) for x in items]
         if not shapes:
             raise self.error("no items to transform")
@@ -174,11 +177,29 @@ class DataTransformer:
                 out[i] = window
             else:
                 np.subtract(window, mean, out=out[i], dtype=np.float32)
+        return self._finish(out, epoch)
+
+    def _transform_stacked(self, items, epoch, names):
+        """transform() of one N x C x H x W array without crop or mirror:
+        the same arithmetic on the whole batch at once (no random draws
+        either way), for a Data layer's raw datums."""
+        if items.ndim != 4 or not len(items):
+            return self.transform(list(items), epoch, names)
+        self._check_items([tuple(items.shape[1:])], names)
+        out = np.empty(items.shape, np.float32)
+        if self.mean_image is None:
+            out[...] = items
+        else:
+            np.subtract(items, self.mean_image, out=out, dtype=np.float32)
+        return self._finish(out, epoch)
+
+    def _finish(self, out, epoch):
+        """Mean values, scale and the multi-size resize of a batch."""
         if self.mean_values is not None:
             out -= self.mean_values[:, None, None]
         if self.scale != 1:
             out *= self.scale
         size = self.size(epoch)
-        if size and (out_h, out_w) != (size, size):
+        if size and out.shape[2:] != (size, size):
             out = resize_planes(out, size)
         return out
