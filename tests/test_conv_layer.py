@@ -291,3 +291,58 @@ def test_buffers_are_reused():
 
 def test_golden_conv():
     assert check_golden_layers("conv", "Convolution") == 4
+
+
+# ---- the data gradient in chunks of images ------------------------------------
+
+WIDE_CASES = [                         # more than stack_rows column rows: the batch-wide way
+    "num_output: 6 kernel_size: 3 pad: 1",
+    "num_output: 4 kernel_size: 3 stride: 2 dilation: 2 pad: 2",
+    "num_output: 6 kernel_h: 3 kernel_w: 4 group: 2 pad_h: 1",
+]
+
+
+def one_image_of_columns(layer):
+    """cache_column_bytes that hold one image's columns, not two."""
+    n, k, p, _ = layer._sizes()
+    return 4 * k * p + 1
+
+
+@pytest.mark.parametrize("one_image", [False, True])        # one chunk / one image a chunk
+@pytest.mark.parametrize("settings", WIDE_CASES)
+def test_data_gradient_in_chunks_matches_the_batch_wide_one(monkeypatch, settings, one_image):
+    """Backward's column gradient and col2im run a cache-sized chunk of
+    images at a time, on threads: the same gradients, and the columns kept
+    from forward stay valid."""
+    shape = (5, 16, 9, 7)
+    results, weights = [], None
+    for chunked in (True, False):
+        layer, bottom, top = setup(settings, shape, seed=3)
+        assert layer._col_groups[0].stop > layer.stack_rows
+        weights = weights or [p.data.copy() for p in layer.blobs]
+        for p, value in zip(layer.blobs, weights):
+            p.data[...] = value
+        monkeypatch.setattr(layer, "chunked_data_gradient", chunked)
+        monkeypatch.setattr(layer, "cache_column_bytes",
+                            one_image_of_columns(layer) if one_image else 1 << 20)
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.random.default_rng(4).uniform(-1, 1, top[0].shape)
+        for p in layer.blobs:
+            p.diff[...] = 0
+        layer.backward(top, [True], bottom)
+        results.append((bottom[0].diff.copy(), [p.diff.copy() for p in layer.blobs],
+                        layer._col_valid[0]))
+    (dx, dp, kept), (dx2, dp2, kept2) = results
+    np.testing.assert_allclose(dx, dx2, rtol=1e-6, atol=1e-6)
+    for a, b in zip(dp, dp2):
+        np.testing.assert_array_equal(a, b)
+    assert kept and not kept2
+
+
+@pytest.mark.parametrize("settings", WIDE_CASES)
+def test_gradient_with_the_data_gradient_in_chunks(monkeypatch, settings):
+    layer = conv_layer(settings)
+    bottom, top = [random_blob((3, 16, 6, 5), seed=1)], [Blob()]
+    layer.setup(bottom, top)
+    monkeypatch.setattr(layer, "cache_column_bytes", one_image_of_columns(layer))
+    assert check_gradient(layer, bottom, top) > 0

@@ -4,7 +4,10 @@ The whole batch goes through one im2col and one GEMM per group (see
 sppcaffe.im2col for the column layout) instead of Caffe's per-image loop;
 the sums are the same, only their order differs.  Columns computed in
 forward are kept for the weight gradient, so backward redoes im2col only
-when something else used the buffer in between.  When the net never runs
+when something else used the buffer in between; where an image's columns
+fit a core's cache, backward's column gradient and col2im run a chunk of
+images at a time on threads (``chunked_data_gradient``), leaving the kept
+columns intact.  When the net never runs
 this layer's backward (``forward_only``), im2col instead runs on a few
 images at a time (``forward_column_bytes``), and chunks that fit a core's
 cache (``cache_column_bytes``) run whole on separate threads.  Depthwise convolutions
@@ -278,10 +281,8 @@ class ConvolutionLayer(Layer):
     def _forward_chunks(self, x, w2, scale, shift, y):
         n, o, p = y.shape
         k = self._col_groups[-1].stop
-        per_image = 4 * k * p
-        in_cache = per_image <= self.cache_column_bytes
-        step = max(1, min(n, self.forward_column_bytes // per_image,
-                          self.cache_column_bytes // per_image if in_cache else n))
+        in_cache = self._images_per_cache_chunk(n, k, p)
+        step = max(1, min(n, self.forward_column_bytes // (4 * k * p), in_cache or n))
         chunks = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
         if not in_cache or len(chunks) == 1:
             # An image's columns larger than the cache (ZF-5 at 224x224:
@@ -358,11 +359,50 @@ class ConvolutionLayer(Layer):
                 else:
                     add_matmul(dy_t[og], col[kg].T, grad[og])
         if want_x:
+            if self.chunked_data_gradient and self._images_per_cache_chunk(n, col.shape[0], p):
+                self._data_gradient_in_chunks(w2, dy_t, b)
+                return
             # The column gradient overwrites the cached columns.
             self._col_valid[i] = False
             for og, kg in zip(self._out_groups, self._col_groups):
                 matmul(w2[og].T, dy_t[og], col[kg])
             col2im(col, self.geom, b.diff, self._pad_scratch())
+
+    # Backward's column gradient and col2im in cache-sized chunks of images
+    # (LeNet's conv2 backward at batch 64: 5.3 -> 4.6 ms, median,
+    # interleaved in one process); off: one batch-wide product into the
+    # kept columns, then one col2im.
+    chunked_data_gradient = True
+
+    def _images_per_cache_chunk(self, n, k, p):
+        """Images per chunk whose columns (k x p each) fit
+        cache_column_bytes, or 0 where one image's do not."""
+        per_image = 4 * k * p
+        if per_image > self.cache_column_bytes:
+            return 0
+        return min(n, self.cache_column_bytes // per_image)
+
+    def _data_gradient_in_chunks(self, w2, dy_t, b):
+        """Column gradient and col2im a chunk of images at a time, each chunk
+        whole on one thread while its columns are in cache; the kept columns
+        stay valid.  Each column's gradient is the same product as in one
+        batch-wide call, and col2im never mixes images."""
+        n, c, h, w = b.diff.shape
+        k = self._col_groups[-1].stop
+        p = dy_t.shape[1] // n
+        step = self._images_per_cache_chunk(n, k, p)
+        ph, pw = self.geom.pad
+
+        def chunk(lo, hi):
+            m = hi - lo
+            dcol = thread_scratch("conv_columns", (k, m * p))
+            for og, kg in zip(self._out_groups, self._col_groups):
+                np.matmul(w2[og].T, dy_t[og, lo * p:hi * p], out=dcol[kg])
+            padded = None if (ph, pw) == (0, 0) else thread_scratch(
+                "conv_padded", (m, c, h + 2 * ph, w + 2 * pw))
+            col2im(dcol, self.geom, b.diff[lo:hi], padded)
+        run_tasks(("conv data gradient", b.diff.shape, w2.shape, step),
+                  [functools.partial(chunk, lo, min(n, lo + step)) for lo in range(0, n, step)])
 
     def _backward_per_image(self, i, dy, b, col, want_w, want_x):
         """Few column rows (as the per-image forward): one product per image
