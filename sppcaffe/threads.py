@@ -24,6 +24,7 @@ OPENBLAS_NUM_THREADS, train_net --threads, the MPI ranks' share of the
 cores): read when a product starts, and put back when it ends.
 """
 import collections
+import functools
 import itertools
 import os
 import queue
@@ -361,25 +362,32 @@ def matmul(a, b, out, accumulate=False):
     return out
 
 
-def matmul_stack(a, b, out):
+def matmul_stack(a, b, out, then=None):
     """out[i] = a @ b[i] (a 2-d `a`) or a[i] @ b[i] (a stack `a`) for stacks
     b (N, K, P) and out (N, M, P) of 2-d float32 matrices (any strides BLAS
     takes): one product per image, written where it belongs.  Split over the
     stack in blocks fixed by the shape, as matmul; for convolutions with few
     column rows, where one wide product plus the transposes around it cost
-    2-3x more."""
+    2-3x more.  `then(lo, hi)`, if given, runs after the products of images
+    lo..hi on the same thread, while they are in its cache (a bias add)."""
     n = b.shape[0]
     rows, inner = a.shape[-2:]
     blocks = min(MAX_BLOCKS, n, rows * inner * b.shape[2] * n // MIN_BLOCK_MACS)
     with _one_blas_thread as limit:
         if blocks < 2 or in_task():
-            np.matmul(a, b, out=out)
+            _stack_block(a, b, out, then, 0, n)
             return out
         bounds = [n * k // blocks for k in range(blocks + 1)]
-        tasks = [_task_stack(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out[lo:hi])
+        tasks = [functools.partial(_stack_block, a, b, out, then, lo, hi)
                  for lo, hi in zip(bounds, bounds[1:])]
         _run_blocks(("stack",) + a.shape + a.strides + b.shape + b.strides, tasks, limit)
     return out
+
+
+def _stack_block(a, b, out, then, lo, hi):
+    np.matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out=out[lo:hi])
+    if then is not None:
+        then(lo, hi)
 
 
 def run_tasks(key, tasks):
@@ -411,10 +419,6 @@ def _run_blocks(key, tasks, limit):
     else:
         _the_pool().run(tasks, chosen)
     _chooser.record(key, chosen == 1, time.perf_counter() - start, tried)
-
-
-def _task_stack(a, b, out):
-    return lambda: np.matmul(a, b, out=out)
 
 
 def add_matmul(a, b, out):

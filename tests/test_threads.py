@@ -262,3 +262,22 @@ def test_tasks_run_whole_on_one_thread_each():
     assert nested == [True] * 3
     for b, out in zip(bs, outs):
         assert np.array_equal(out, threads.matmul(a, b, np.empty_like(out)))
+
+
+def test_stacked_products_run_their_follow_up_on_each_block():
+    """matmul_stack's `then(lo, hi)` (a convolution's bias add) runs once per
+    block of images, after that block's products."""
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((20, 25)).astype(np.float32)
+    b = rng.standard_normal((64, 25, 576)).astype(np.float32)
+    out = np.empty((64, 20, 576), np.float32)
+    seen = []
+
+    def then(lo, hi):
+        seen.append((lo, hi))
+        out[lo:hi] += 1.0
+    with threadpool_limits(2):
+        threads.matmul_stack(a, b, out, then=then)
+    assert sorted(seen)[0][0] == 0 and sorted(seen)[-1][1] == 64 and len(seen) > 1
+    assert all(hi == lo2 for (_, hi), (lo2, _) in zip(sorted(seen), sorted(seen)[1:]))
+    np.testing.assert_allclose(out, np.matmul(a, b) + 1.0, rtol=1e-5, atol=1e-5)

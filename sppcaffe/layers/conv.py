@@ -69,6 +69,11 @@ def _scale_shift(y, scale, shift):
         y += shift
 
 
+def _rows(rows, scale, shift):
+    """(scale, shift) of the output rows `rows` ((O, 1) columns or None)."""
+    return (None if scale is None else scale[rows]), (None if shift is None else shift[rows])
+
+
 def _group_slices(total, group):
     size = total // group
     return [slice(g * size, (g + 1) * size) for g in range(group)]
@@ -250,9 +255,13 @@ class ConvolutionLayer(Layer):
             for og, kg in zip(self._out_groups, self._col_groups):
                 if n == 1:
                     matmul(w2[og], col[kg], y[0, og])
+                    _scale_shift(y[:, og], *_rows(og, scale, shift))
                 else:
-                    matmul_stack(w2[og], cols[kg].transpose(1, 0, 2), y[:, og])
-            _scale_shift(y, scale, shift)
+                    # The bias add rides with each block of images, on its thread.
+                    group_scale, group_shift = _rows(og, scale, shift)
+                    matmul_stack(w2[og], cols[kg].transpose(1, 0, 2), y[:, og],
+                                 then=lambda lo, hi, og=og, a=group_scale, c=group_shift:
+                                 _scale_shift(y[lo:hi, og], a, c))
             return
         if out is None:
             out = self._buffer("_out_cols", (o, n * p))
