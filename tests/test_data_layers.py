@@ -106,13 +106,13 @@ def test_raw_datums_as_one_array_give_the_per_datum_batches(images, monkeypatch,
     raw_pixels = db_batches._raw_pixels
     runs, taken = [], []
 
-    def counted(records):
-        result = raw_pixels(records)
+    def counted(datums):
+        result = raw_pixels(datums)
         taken.append(result is not None)
         return result
     for stacked in (True, False):
         monkeypatch.setattr(db_batches, "_raw_pixels",
-                            counted if stacked else (lambda records: None))
+                            counted if stacked else (lambda datums: None))
         net = build(data_layer(images["raw"], batch=3, transform=transform), phase=TRAIN, seed=4)
         runs.append([(d, l, net.layers[0].epoch)
                      for d, l in forward_batches(net, 4, "data", "label")])
@@ -120,11 +120,11 @@ def test_raw_datums_as_one_array_give_the_per_datum_batches(images, monkeypatch,
     assert taken and all(taken)
     for (d1, l1, e1), (d2, l2, e2) in zip(*runs):
         assert np.array_equal(d1, d2) and np.array_equal(l1, l2) and e1 == e2
-    records = [(b"k%d" % i, array_datum(images["chw"][i]).SerializeToString()) for i in range(2)]
-    pixels, labels = raw_pixels(records)
+    datums = [array_datum(images["chw"][i]) for i in range(2)]
+    pixels, labels = raw_pixels(datums)
     assert np.array_equal(pixels, images["chw"][:2]) and pixels.dtype == np.uint8
     assert np.array_equal(labels, [3, 3]) and labels.dtype == np.float32
-    odd = [records[0], (b"x", array_datum(images["chw"][0][:, :5]).SerializeToString())]
+    odd = [datums[0], array_datum(images["chw"][0][:, :5])]
     assert raw_pixels(odd) is None                      # two shapes: one datum at a time
 
 

@@ -127,7 +127,8 @@ def _serve():
     sys.stdout.buffer.flush()
 
 
-# Where MPI launchers put a process's rank (MPICH/Hydra, Open MPI, PMIx).
+# Where MPI launchers put a process's rank: sppcaffe.parallel.RANK_VARIABLES,
+# which this module cannot import (see above).
 _MPI_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 

@@ -10,8 +10,9 @@ images at a time on threads (``chunked_data_gradient``), leaving the kept
 columns intact.  When the net never runs
 this layer's backward (``forward_only``), im2col instead runs on a few
 images at a time (``forward_column_bytes``), and chunks that fit a core's
-cache (``cache_column_bytes``) run whole on separate threads.  Depthwise convolutions
-(group == channels) run sppcaffe.depthwise on the host: no columns at all.
+cache (``cache_column_bytes``) run whole on separate threads.  Depthwise
+convolutions (group == channels) run sppcaffe.depthwise on the host: no
+columns at all.
 
 The device code (forward_gpu/backward_gpu) keeps that layout: im2col runs
 on chunks of images sized so the column buffer stays within
@@ -292,7 +293,7 @@ class ConvolutionLayer(Layer):
         k = self._col_groups[-1].stop
         in_cache = self._images_per_cache_chunk(n, k, p)
         step = max(1, min(n, self.forward_column_bytes // (4 * k * p), in_cache or n))
-        chunks = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+        chunks = self._chunks(step)
         if not in_cache or len(chunks) == 1:
             # An image's columns larger than the cache (ZF-5 at 224x224:
             # 2-7 MB): nothing to keep in cache, so the products split
@@ -310,12 +311,8 @@ class ConvolutionLayer(Layer):
         _, c, h, w = x.shape
         k = self._col_groups[-1].stop
         m = hi - lo
-        ph, pw = self.geom.pad
         col = thread_scratch("conv_columns", (k, m * p))
-        padded = None
-        if (ph, pw) != (0, 0):
-            padded = thread_scratch("conv_padded", (m, c, h + 2 * ph, w + 2 * pw))
-        im2col(x[lo:hi], self.geom, col, padded)
+        im2col(x[lo:hi], self.geom, col, self._thread_padded(x[lo:hi].shape))
         out = thread_scratch("conv_products", (o, m * p)) if m > 1 else None
         self._forward_columns(col, w2, scale, shift, y[lo:hi], out)
 
@@ -368,8 +365,9 @@ class ConvolutionLayer(Layer):
                 else:
                     add_matmul(dy_t[og], col[kg].T, grad[og])
         if want_x:
-            if self.chunked_data_gradient and self._images_per_cache_chunk(n, col.shape[0], p):
-                self._data_gradient_in_chunks(w2, dy_t, b)
+            step = self.chunked_data_gradient and self._images_per_cache_chunk(n, col.shape[0], p)
+            if step:
+                self._data_gradient_in_chunks(w2, dy_t, b, step)
                 return
             # The column gradient overwrites the cached columns.
             self._col_valid[i] = False
@@ -391,27 +389,30 @@ class ConvolutionLayer(Layer):
             return 0
         return min(n, self.cache_column_bytes // per_image)
 
-    def _data_gradient_in_chunks(self, w2, dy_t, b):
-        """Column gradient and col2im a chunk of images at a time, each chunk
+    def _data_gradient_in_chunks(self, w2, dy_t, b, step):
+        """Column gradient and col2im `step` images at a time, each chunk
         whole on one thread while its columns are in cache; the kept columns
         stay valid.  Each column's gradient is the same product as in one
         batch-wide call, and col2im never mixes images."""
-        n, c, h, w = b.diff.shape
         k = self._col_groups[-1].stop
-        p = dy_t.shape[1] // n
-        step = self._images_per_cache_chunk(n, k, p)
-        ph, pw = self.geom.pad
+        p = dy_t.shape[1] // b.diff.shape[0]
 
         def chunk(lo, hi):
-            m = hi - lo
-            dcol = thread_scratch("conv_columns", (k, m * p))
+            dcol = thread_scratch("conv_columns", (k, (hi - lo) * p))
             for og, kg in zip(self._out_groups, self._col_groups):
                 np.matmul(w2[og].T, dy_t[og, lo * p:hi * p], out=dcol[kg])
-            padded = None if (ph, pw) == (0, 0) else thread_scratch(
-                "conv_padded", (m, c, h + 2 * ph, w + 2 * pw))
-            col2im(dcol, self.geom, b.diff[lo:hi], padded)
+            col2im(dcol, self.geom, b.diff[lo:hi], self._thread_padded(b.diff[lo:hi].shape))
         run_tasks(("conv data gradient", b.diff.shape, w2.shape, step),
-                  [functools.partial(chunk, lo, min(n, lo + step)) for lo in range(0, n, step)])
+                  [functools.partial(chunk, lo, hi) for lo, hi in self._chunks(step)])
+
+    def _thread_padded(self, shape):
+        """This thread's im2col/col2im scratch for images of `shape`, or None
+        without padding."""
+        if self.geom.pad == (0, 0):
+            return None
+        n, c, h, w = shape
+        ph, pw = self.geom.pad
+        return thread_scratch("conv_padded", (n, c, h + 2 * ph, w + 2 * pw))
 
     def _backward_per_image(self, i, dy, b, col, want_w, want_x):
         """Few column rows (as the per-image forward): one product per image
