@@ -293,7 +293,7 @@ def test_golden_conv():
     assert check_golden_layers("conv", "Convolution") == 4
 
 
-# ---- the data gradient in chunks of images ------------------------------------
+# ---- training in chunks of images -----------------------------------------------
 
 WIDE_CASES = [                         # more than stack_rows column rows: the batch-wide way
     "num_output: 6 kernel_size: 3 pad: 1",
@@ -302,18 +302,28 @@ WIDE_CASES = [                         # more than stack_rows column rows: the b
 ]
 
 
-def one_image_of_columns(layer):
-    """cache_column_bytes that hold one image's columns, not two."""
+def images_of_columns(layer, images):
+    """cache_column_bytes that hold `images` images' columns, not one more."""
     n, k, p, _ = layer._sizes()
-    return 4 * k * p + 1
+    return 4 * k * p * images + 1
 
 
-@pytest.mark.parametrize("one_image", [False, True])        # one chunk / one image a chunk
+def train_pass(layer, bottom, top, seed=4):
+    layer.forward(bottom, top)
+    top[0].diff[...] = np.random.default_rng(seed).uniform(-1, 1, top[0].shape)
+    for p in layer.blobs:
+        p.diff[...] = 0
+    layer.backward(top, [True], bottom)
+    return top[0].data.copy(), bottom[0].diff.copy(), [p.diff.copy() for p in layer.blobs]
+
+
+@pytest.mark.parametrize("images", [1, 2])        # 5 images: chunks 1,1,1,1,1 or 2,2,1
 @pytest.mark.parametrize("settings", WIDE_CASES)
-def test_data_gradient_in_chunks_matches_the_batch_wide_one(monkeypatch, settings, one_image):
-    """Backward's column gradient and col2im run a cache-sized chunk of
-    images at a time, on threads: the same gradients, and the columns kept
-    from forward stay valid."""
+def test_training_in_chunks_matches_the_batch_wide_way(monkeypatch, settings, images):
+    """Where an image's columns fit the cache, forward and backward run a
+    chunk of images at a time, on threads: the same results as the
+    batch-wide way (the weight gradient summed chunk by chunk), and the
+    columns kept from forward stay valid through backward."""
     shape = (5, 16, 9, 7)
     results, weights = [], None
     for chunked in (True, False):
@@ -322,27 +332,52 @@ def test_data_gradient_in_chunks_matches_the_batch_wide_one(monkeypatch, setting
         weights = weights or [p.data.copy() for p in layer.blobs]
         for p, value in zip(layer.blobs, weights):
             p.data[...] = value
-        monkeypatch.setattr(layer, "chunked_data_gradient", chunked)
-        monkeypatch.setattr(layer, "cache_column_bytes",
-                            one_image_of_columns(layer) if one_image else 1 << 20)
-        layer.forward(bottom, top)
-        top[0].diff[...] = np.random.default_rng(4).uniform(-1, 1, top[0].shape)
-        for p in layer.blobs:
-            p.diff[...] = 0
-        layer.backward(top, [True], bottom)
-        results.append((bottom[0].diff.copy(), [p.diff.copy() for p in layer.blobs],
-                        layer._col_valid[0]))
-    (dx, dp, kept), (dx2, dp2, kept2) = results
-    np.testing.assert_allclose(dx, dx2, rtol=1e-6, atol=1e-6)
+        monkeypatch.setattr(layer, "chunked_training", chunked)
+        monkeypatch.setattr(layer, "cache_column_bytes", images_of_columns(layer, images))
+        assert bool(layer._kept_step()) == chunked
+        results.append(train_pass(layer, bottom, top))
+        assert layer._col_valid[0] == chunked
+    (y, dx, dp), (y2, dx2, dp2) = results
+    np.testing.assert_allclose(y, y2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx2, rtol=1e-5, atol=1e-5)
     for a, b in zip(dp, dp2):
-        np.testing.assert_array_equal(a, b)
-    assert kept and not kept2
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("settings", WIDE_CASES[:2])
+def test_training_in_chunks_gives_the_same_bits_on_any_thread_count(monkeypatch, settings):
+    """The chunks are fixed by the shape and the weight-gradient terms are
+    added in chunk order: one thread or two, the same bits, also when
+    backward has to redo the columns (something else ran forward)."""
+    from threadpoolctl import threadpool_limits
+
+    def arrays(result):
+        return [a for part in result for a in (part if isinstance(part, list) else [part])]
+    passes, redone, weights = [], [], None
+    for limit in (1, 2, 2):
+        layer, bottom, top = setup(settings, (7, 16, 9, 7), seed=5)
+        weights = weights or [p.data.copy() for p in layer.blobs]
+        for p, value in zip(layer.blobs, weights):
+            p.data[...] = value
+        monkeypatch.setattr(layer, "cache_column_bytes", images_of_columns(layer, 2))
+        with threadpool_limits(limit):
+            for _ in range(6):                     # past the chooser's trials: both ways run
+                passes.append(arrays(train_pass(layer, bottom, top)))
+            layer._col_valid[0] = False            # backward recomputes the columns
+            layer.backward(top, [True], bottom)
+            redone.append(arrays((bottom[0].diff.copy(), [p.diff.copy() for p in layer.blobs])))
+    for result in passes + redone:
+        expected = passes[0] if len(result) == len(passes[0]) else redone[0]
+        assert all(np.array_equal(a, b) for a, b in zip(result, expected))
+    # The redone backward added to the gradients of the pass before it.
+    assert not np.array_equal(redone[0][1], passes[0][2])
 
 
 @pytest.mark.parametrize("settings", WIDE_CASES)
-def test_gradient_with_the_data_gradient_in_chunks(monkeypatch, settings):
+def test_gradient_when_training_in_chunks(monkeypatch, settings):
     layer = conv_layer(settings)
     bottom, top = [random_blob((3, 16, 6, 5), seed=1)], [Blob()]
     layer.setup(bottom, top)
-    monkeypatch.setattr(layer, "cache_column_bytes", one_image_of_columns(layer))
+    monkeypatch.setattr(layer, "cache_column_bytes", images_of_columns(layer, 1))
+    assert layer._kept_step() == 1
     assert check_gradient(layer, bottom, top) > 0

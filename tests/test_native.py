@@ -50,6 +50,11 @@ GEOMETRIES = [
     ((1, 1, 5, 5), Geometry((5, 5), pad=(4, 4))),
     ((64, 20, 12, 12), Geometry((5, 5))),
     ((5, 3, 4, 13), Geometry((1, 4), stride=(1, 4))),
+    # stride-1 rows moved 8 and 4 cells at a time, then the tail, with and
+    # without padding on both sides (LeNet's conv1: rows of 24 cells)
+    ((2, 3, 15, 17), Geometry((3, 3), pad=(1, 2))),
+    ((3, 1, 28, 28), Geometry((5, 5))),
+    ((2, 2, 6, 30), Geometry((2, 3), pad=(0, 1), dilation=(1, 2))),
 ]
 
 
@@ -98,12 +103,20 @@ def test_max_pooling_bits(monkeypatch, shape, kernel, stride, pad, ceil_mode, se
         bare, _ = max_pool_forward(x, kernel, stride, pad, out, with_argmax=False)
         dx = np.zeros(shape, np.float32)
         max_pool_backward(dy, arg, dx)
-        return y, arg, bare, dx
+        # onto what is there, or onto zeros (the stale values dropped)
+        onto = np.full(shape, 0.75, np.float32)
+        max_pool_backward(dy, arg, onto)
+        overwritten = np.full(shape, np.nan, np.float32)
+        max_pool_backward(dy, arg, overwritten, overwrite=True)
+        return y, arg, bare, dx, onto, overwritten
 
     compiled, plain = both(monkeypatch, run)
     for a, b in zip(compiled, plain):
         same_bits(a, b)
     assert np.isnan(compiled[0]).any()          # the NaN rule was exercised
+    dx, onto, overwritten = compiled[3:]
+    same_bits(overwritten, dx)
+    assert not np.array_equal(onto, dx)
 
 
 def test_switched_off_and_missing_compiler(monkeypatch, tmp_path, caplog):

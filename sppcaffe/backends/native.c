@@ -14,6 +14,9 @@
  */
 #include <math.h>
 #include <stdint.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 typedef int64_t i64;
 
@@ -34,6 +37,35 @@ static void inside(i64 offset, i64 stride, i64 size, i64 out, i64 *first, i64 *l
     *last = hi;
 }
 
+/* dst[q] = src[q] (add: dst[q] += src[q]) for q in [0, n): whole vectors
+ * first (GCC's -O2 leaves loops of unknown length scalar, and convolution
+ * rows are short: LeNet's conv2 has 8 cells), then the tail.  Each add is
+ * the same single float32 add as the scalar loop's, so the same bits. */
+static inline __attribute__((always_inline)) void
+move_floats(float *restrict dst, const float *restrict src, i64 n, int add)
+{
+    i64 q = 0;
+#if defined(__SSE2__)
+    for (; q + 8 <= n; q += 8) {
+        __m128 a = _mm_loadu_ps(src + q), b = _mm_loadu_ps(src + q + 4);
+        if (add) {
+            a = _mm_add_ps(_mm_loadu_ps(dst + q), a);
+            b = _mm_add_ps(_mm_loadu_ps(dst + q + 4), b);
+        }
+        _mm_storeu_ps(dst + q, a);
+        _mm_storeu_ps(dst + q + 4, b);
+    }
+    for (; q + 4 <= n; q += 4) {
+        __m128 a = _mm_loadu_ps(src + q);
+        if (add)
+            a = _mm_add_ps(_mm_loadu_ps(dst + q), a);
+        _mm_storeu_ps(dst + q, a);
+    }
+#endif
+    for (; q < n; ++q)
+        dst[q] = add ? dst[q] + src[q] : src[q];
+}
+
 /* One row of one kernel offset, between an image plane's row and a column
  * row of wo cells: copied into the column (padding as +0.0), or the column
  * added onto the image (padding cells dropped).  Inlined with `add` as a
@@ -44,8 +76,7 @@ row_transfer(float *restrict image_row, float *restrict column_row, i64 sw, i64 
 {
     if (add) {
         if (sw == 1)
-            for (i64 q = first; q < last; ++q)
-                image_row[q] += column_row[q];
+            move_floats(image_row + first, column_row + first, last - first, 1);
         else
             for (i64 q = first; q < last; ++q)
                 image_row[q * sw] += column_row[q];
@@ -53,9 +84,8 @@ row_transfer(float *restrict image_row, float *restrict column_row, i64 sw, i64 
     }
     for (i64 q = 0; q < first; ++q)
         column_row[q] = 0.0f;
-    if (sw == 1)        /* rows are short: a loop, not a memcpy call */
-        for (i64 q = first; q < last; ++q)
-            column_row[q] = image_row[q];
+    if (sw == 1)
+        move_floats(column_row + first, image_row + first, last - first, 0);
     else
         for (i64 q = first; q < last; ++q)
             column_row[q] = image_row[q * sw];
@@ -245,15 +275,20 @@ void sc_max_pool(const float *restrict x, i64 h, i64 w, i64 kh, i64 kw, i64 sh, 
 }
 
 /* dx += dy routed through argmax, planes [lo, hi), each plane's top cells
- * in order (np.add.at's order).  An index outside the plane (a window whose
- * every cell was padding or -inf) adds nothing. */
+ * in order (np.add.at's order); with `overwrite` each plane is zeroed first
+ * (one pass while the plane is in cache, on the thread that adds to it,
+ * instead of a zeroing pass over the whole batch).  An index outside the
+ * plane (a window whose every cell was padding or -inf) adds nothing. */
 void sc_max_pool_backward(const float *restrict dy, const int32_t *restrict argmax, i64 h, i64 w, i64 ho,
-                          i64 wo, float *dx, i64 lo, i64 hi)
+                          i64 wo, float *dx, int overwrite, i64 lo, i64 hi)
 {
     for (i64 p = lo; p < hi; ++p) {
         const float *g = dy + p * ho * wo;
         const int32_t *a = argmax + p * ho * wo;
         float *d = dx + p * h * w;
+        if (overwrite)
+            for (i64 k = 0; k < h * w; ++k)
+                d[k] = 0.0f;
         for (i64 t = 0; t < ho * wo; ++t)
             if (a[t] >= 0 && a[t] < h * w)
                 d[a[t]] += g[t];

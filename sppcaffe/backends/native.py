@@ -32,7 +32,7 @@ _SIGNATURES = {
     "sc_im2col": [_P] + [_I64] * 14 + [_P, _I64, _I64],
     "sc_col2im": [_P] + [_I64] * 14 + [_P, _I64, _I64],
     "sc_max_pool": [_P] + [_I64] * 10 + [_P, _P, _I64, _I64],
-    "sc_max_pool_backward": [_P, _P] + [_I64] * 4 + [_P, _I64, _I64],
+    "sc_max_pool_backward": [_P, _P] + [_I64] * 4 + [_P, ctypes.c_int, _I64, _I64],
     "sc_add_outer": [_P, _I64, _P, _I64, _P, _I64, _I64, _I64],
     "sc_sgd_update": [_P, _P, _P, _I64, ctypes.c_float, ctypes.c_float, ctypes.c_float,
                       ctypes.c_int],

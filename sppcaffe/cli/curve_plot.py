@@ -125,6 +125,9 @@ def _serve():
     test_losses = {int(k): set(v) for k, v in request["test_losses"].items()}
     sys.stdout.buffer.write(render(rows, test_losses, request["title"]))
     sys.stdout.buffer.flush()
+    # The training waits for this process to end; the interpreter's own
+    # clean-up after matplotlib takes ~0.15 s and nothing is left to do.
+    os._exit(0)
 
 
 # Where MPI launchers put a process's rank: sppcaffe.parallel.RANK_VARIABLES,

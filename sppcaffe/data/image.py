@@ -3,15 +3,15 @@ order, uint8, resized with cv::resize's default bilinear interpolation.
 Arrays handed to the rest of sppcaffe are CHW (channels first)."""
 import os
 
-import cv2
 import numpy as np
 
 from .errors import DataError
 
 # How encoded images are decoded: Caffe's DecodeDatumToCVMat(datum, is_color)
 # and DecodeDatumToCVMatNative (flag -1: keep the file's own channels).
-DECODE_FLAGS = {"color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE,
-                "native": cv2.IMREAD_UNCHANGED}
+# OpenCV's imread flags by name: OpenCV is imported where it is used (~25 ms
+# to import and ~60 ms more at exit, which nets of raw datums never need).
+DECODE_FLAGS = {"color": "IMREAD_COLOR", "gray": "IMREAD_GRAYSCALE", "native": "IMREAD_UNCHANGED"}
 
 
 def read_image(path, height=0, width=0, is_color=True):
@@ -19,6 +19,7 @@ def read_image(path, height=0, width=0, is_color=True):
     HW (grey) uint8 array, resized to height x width when both are > 0;
     None when the file cannot be read or decoded (as Caffe, which logs
     and goes on)."""
+    import cv2
     flag = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
     path = os.fspath(path)
     if "\0" in path:
@@ -45,6 +46,7 @@ def _opencv_takes(path):
 
 
 def _decode_file(path, flag):
+    import cv2
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -58,14 +60,16 @@ def decode_image(data, mode="native"):
     bytes are not an image OpenCV can decode."""
     if not data:
         return None
+    import cv2
     try:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS[mode])
+        return cv2.imdecode(np.frombuffer(data, np.uint8), getattr(cv2, DECODE_FLAGS[mode]))
     except cv2.error:           # e.g. a corrupt header declaring a huge image
         return None
 
 
 def encode_image(image, encoding):
     """cv::imencode(".jpg"/".png", image) as bytes (OpenCV's default quality)."""
+    import cv2
     ok, buffer = cv2.imencode("." + encoding, image)
     if not ok:
         raise DataError(f"OpenCV cannot encode an image as '{encoding}'")

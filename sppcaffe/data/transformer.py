@@ -18,7 +18,6 @@ Random draws come from the generator the transformer is given (the
 layer's own, seeded from sppcaffe.random at layer setup), in a fixed order
 per batch: mirror flags, row offsets, column offsets.
 """
-import cv2
 import numpy as np
 
 from .. import io
@@ -53,6 +52,7 @@ def resize_planes(batch, size):
     """Every H x W plane of an N x C x H x W float32 batch resized to
     size x size (bilinear).  Plane by plane, so an item's values do not
     depend on how many items or channels the batch has."""
+    import cv2          # where used: see image.DECODE_FLAGS
     n, c, h, w = batch.shape
     out = np.empty((n, c, size, size), np.float32)
     for src, dst in zip(batch.reshape(n * c, h, w), out.reshape(n * c, size, size)):

@@ -23,7 +23,6 @@ Pixels the context reaches beyond the image stay 0, as in Caffe.
 import math
 import os
 
-import cv2
 import numpy as np
 
 from ..io.files import read_bytes, read_text_file
@@ -141,6 +140,7 @@ def warp_window(image, box, crop_size, context_pad=0, square=False, mirror=False
                         "image (x1 y1 x2 y2 are 0-based inclusive pixels)")
     if crop_h <= 0 or crop_w <= 0:
         raise DataError(f"window ({x1}, {y1}, {x2}, {y2}) warps to an empty region")
+    import cv2          # where used: see image.DECODE_FLAGS
     warped = cv2.resize(image[y1:y2 + 1, x1:x2 + 1], (crop_w, crop_h),
                         interpolation=cv2.INTER_LINEAR)
     if mirror:

@@ -206,16 +206,18 @@ def _native_max_pool(x, kernel, stride, pad, out_shape, y, arg):
                       n * c, x.size)
 
 
-def max_pool_backward(dy, argmax, dx):
+def max_pool_backward(dy, argmax, dx, overwrite=False):
     """Add each top gradient to the input cell its argmax names (any window
-    geometry; dx C-contiguous).  np.add.at adds repeated cells in top order,
-    as Caffe does."""
+    geometry; dx C-contiguous), onto zeros with `overwrite`.  np.add.at adds
+    repeated cells in top order, as Caffe does."""
     if not dx.flags.c_contiguous:
         raise ValueError("max_pool_backward needs a C-contiguous dx")
     n, c, h, w = dx.shape
     if run_native("sc_max_pool_backward", (dy, argmax),
-                  (dy, argmax, h, w, *dy.shape[2:], dx), n * c, dx.size):
+                  (dy, argmax, h, w, *dy.shape[2:], dx, int(overwrite)), n * c, dx.size):
         return
+    if overwrite:
+        dx[...] = 0
     planes = np.arange(n * c, dtype=np.intp).reshape(n, c, 1, 1) * (h * w)
     index = np.add(argmax, planes).reshape(-1)
     np.add.at(dx.reshape(-1), index, dy.reshape(-1))
@@ -435,7 +437,6 @@ class PoolingLayer(MapPoolingLayer):
         if not propagate_down[0]:
             return
         dx = bottom[0].diff
-        dx[...] = 0
         if self.is_max:
             if not self._argmax_of_forward:     # the input is unchanged since forward
                 max_pool_forward(bottom[0].data, self.window, self.stride, self.pad,
@@ -444,8 +445,9 @@ class PoolingLayer(MapPoolingLayer):
                 self._argmax_of_forward = True
             # Caffe routes through the mask top when there is one.
             argmax = top[1].data.astype(np.int32) if len(top) > 1 else self._argmax
-            max_pool_backward(top[0].diff, argmax, dx)
+            max_pool_backward(top[0].diff, argmax, dx, overwrite=True)
         else:
+            dx[...] = 0
             ave_pool_backward(top[0].diff, self.window, self.stride, self.pad, dx, ws=self._ws)
 
     # ---- device code (kernels/pooling.cu: Caffe's kernels) ------------------
