@@ -147,3 +147,37 @@ def test_add_matmul_accumulates_in_blocks(monkeypatch, block):
 
 def test_golden_fc_act():
     assert check_golden_layers("fc_act", "InnerProduct") == 2
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_paired_backward_products(monkeypatch, transpose):
+    """Backward's weight and bottom gradients of mid-sized products run as
+    two whole products, one per thread: the same gradients as one after the
+    other (each split over the threads), and the same bits on one thread or
+    two, with gradients accumulated onto what the parameters held."""
+    from threadpoolctl import threadpool_limits
+    settings = "num_output: 300" + (" transpose: true" if transpose else "")
+    shape = (40, 700)                              # 8.4 M multiply-adds per product
+    runs = []
+    for paired, limit in ((False, 2), (True, 1), (True, 2), (True, 2)):
+        layer, bottom, top = setup(settings, shape, seed=1)
+        if runs:
+            for p, value in zip(layer.blobs, runs[0]["weights"]):
+                p.data[...] = value
+        monkeypatch.setattr(layer, "paired_backward_macs", (32 << 20) if paired else 0)
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.random.default_rng(2).uniform(-1, 1, top[0].shape)
+        for p in layer.blobs:
+            p.diff[...] = 0.5
+        with threadpool_limits(limit):
+            for _ in range(6):                     # past the chooser's trials: both ways run
+                layer.backward(top, [True], bottom)
+        runs.append({"weights": [p.data.copy() for p in layer.blobs],
+                     "grads": [bottom[0].diff.copy()] + [p.diff.copy() for p in layer.blobs]})
+    split, *paired = runs
+    for run in paired:
+        for a, b in zip(run["grads"], paired[0]["grads"]):
+            assert np.array_equal(a, b)
+    for a, b in zip(paired[0]["grads"], split["grads"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(paired[0]["grads"][1], 0.5)

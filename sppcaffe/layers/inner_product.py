@@ -1,8 +1,10 @@
 """InnerProduct (fully connected), as Caffe's InnerProductLayer."""
+import functools
+
 import numpy as np
 
 from ..backends import gpu
-from ..threads import add_matmul, matmul
+from ..threads import MIN_BLOCK_MACS, add_matmul, matmul, run_tasks
 from ..layer import Layer, canonical_axis, register
 
 
@@ -59,19 +61,36 @@ class InnerProductLayer(Layer):
         if self.bias_term:
             y += self.blobs[1].data
 
+    # Backward's two products (weight gradient, bottom gradient) of between
+    # two blocks' worth (smaller ones are never split) and this many
+    # multiply-adds each run whole, one per thread, rather than each split
+    # over the threads in turn: such products gain less from a split than
+    # its hand-offs cost (LeNet's ip1, 26 M each: ~0.55 ms split over two
+    # threads, ~0.5 ms on one).  Fixed by the shape, so the bits never
+    # depend on the thread count.
+    paired_backward_macs = 32 << 20
+
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self._rows, self.num_output)
+        products = []
         if self.param_propagate_down[0]:
             x = bottom[0].data.reshape(self._rows, self.inputs)
             if self.transpose:
-                add_matmul(x.T, dy, self.blobs[0].diff)
+                products.append(functools.partial(add_matmul, x.T, dy, self.blobs[0].diff))
             else:
-                add_matmul(dy.T, x, self.blobs[0].diff)
-        if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].diff += dy.sum(axis=0, dtype=np.float32)
+                products.append(functools.partial(add_matmul, dy.T, x, self.blobs[0].diff))
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self._rows, self.inputs)
-            matmul(dy, self._weights_nk(self.blobs[0].data), dx)
+            products.append(functools.partial(matmul, dy, self._weights_nk(self.blobs[0].data), dx))
+        macs = self._rows * self.inputs * self.num_output
+        if len(products) == 2 and 2 * MIN_BLOCK_MACS <= macs <= self.paired_backward_macs:
+            run_tasks(("inner product backward", self._rows, self.inputs, self.num_output),
+                      products)
+        else:
+            for product in products:
+                product()
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0, dtype=np.float32)
 
     # ---- device code: the same products with cuBLAS (row-major) ----------
     # x is (rows, K); W is (num_output, K), or (K, num_output) transposed.
