@@ -55,6 +55,7 @@ GEOMETRIES = [
     ((2, 3, 15, 17), Geometry((3, 3), pad=(1, 2))),
     ((3, 1, 28, 28), Geometry((5, 5))),
     ((2, 2, 6, 30), Geometry((2, 3), pad=(0, 1), dilation=(1, 2))),
+    ((2, 3, 11, 10), Geometry((3, 3), stride=(2, 1), dilation=(2, 1))),  # all inside, row stride 2
 ]
 
 
