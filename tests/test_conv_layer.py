@@ -373,10 +373,12 @@ def test_training_in_chunks_gives_the_same_bits_on_any_thread_count(monkeypatch,
     assert not np.array_equal(redone[0][1], passes[0][2])
 
 
+@pytest.mark.parametrize("bottoms", [1, 2])          # two bottoms: columns kept for each
 @pytest.mark.parametrize("settings", WIDE_CASES)
-def test_gradient_when_training_in_chunks(monkeypatch, settings):
+def test_gradient_when_training_in_chunks(monkeypatch, settings, bottoms):
     layer = conv_layer(settings)
-    bottom, top = [random_blob((3, 16, 6, 5), seed=1)], [Blob()]
+    bottom = [random_blob((3, 16, 6, 5), seed=1 + k) for k in range(bottoms)]
+    top = [Blob() for _ in range(bottoms)]
     layer.setup(bottom, top)
     monkeypatch.setattr(layer, "cache_column_bytes", images_of_columns(layer, 1))
     assert layer._kept_step() == 1
