@@ -308,6 +308,12 @@ def images_of_columns(layer, images):
     return 4 * k * p * images + 1
 
 
+def chunk_in_training(monkeypatch, layer, images):
+    """Chunks of `images` images in training, however narrow."""
+    monkeypatch.setattr(layer, "cache_column_bytes", images_of_columns(layer, images))
+    monkeypatch.setattr(layer, "min_chunk_columns", 1)
+
+
 def train_pass(layer, bottom, top, seed=4):
     layer.forward(bottom, top)
     top[0].diff[...] = np.random.default_rng(seed).uniform(-1, 1, top[0].shape)
@@ -333,7 +339,7 @@ def test_training_in_chunks_matches_the_batch_wide_way(monkeypatch, settings, im
         for p, value in zip(layer.blobs, weights):
             p.data[...] = value
         monkeypatch.setattr(layer, "chunked_training", chunked)
-        monkeypatch.setattr(layer, "cache_column_bytes", images_of_columns(layer, images))
+        chunk_in_training(monkeypatch, layer, images)
         assert bool(layer._kept_step()) == chunked
         results.append(train_pass(layer, bottom, top))
         assert layer._col_valid[0] == chunked
@@ -359,7 +365,7 @@ def test_training_in_chunks_gives_the_same_bits_on_any_thread_count(monkeypatch,
         weights = weights or [p.data.copy() for p in layer.blobs]
         for p, value in zip(layer.blobs, weights):
             p.data[...] = value
-        monkeypatch.setattr(layer, "cache_column_bytes", images_of_columns(layer, 2))
+        chunk_in_training(monkeypatch, layer, 2)
         with threadpool_limits(limit):
             for _ in range(6):                     # past the chooser's trials: both ways run
                 passes.append(arrays(train_pass(layer, bottom, top)))
@@ -380,6 +386,16 @@ def test_gradient_when_training_in_chunks(monkeypatch, settings, bottoms):
     bottom = [random_blob((3, 16, 6, 5), seed=1 + k) for k in range(bottoms)]
     top = [Blob() for _ in range(bottoms)]
     layer.setup(bottom, top)
-    monkeypatch.setattr(layer, "cache_column_bytes", images_of_columns(layer, 1))
+    chunk_in_training(monkeypatch, layer, 1)
     assert layer._kept_step() == 1
     assert check_gradient(layer, bottom, top) > 0
+
+
+def test_narrow_chunks_train_batch_wide():
+    """Chunks of fewer output columns than min_chunk_columns (products too
+    narrow for the BLAS) leave training to the batch-wide way; LeNet's conv2
+    (8 images of 64 columns a chunk) runs in chunks."""
+    for settings, shape, step in (("num_output: 32 kernel_size: 5 pad: 2", (100, 32, 16, 16), 0),
+                                  ("num_output: 50 kernel_size: 5", (64, 20, 12, 12), 8)):
+        layer, bottom, top = setup(settings, shape)
+        assert layer._kept_step() == step
