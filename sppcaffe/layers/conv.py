@@ -225,8 +225,8 @@ class ConvolutionLayer(Layer):
             elif self.forward_only:
                 self._col_valid[i] = False
                 self._forward_chunks(b.data, w2, scale, shift, y)
-            elif self._kept_step():
-                self._forward_kept_chunks(i, b.data, w2, scale, shift, y)
+            elif (step := self._kept_step()):
+                self._forward_kept_chunks(i, step, b.data, w2, scale, shift, y)
             else:
                 self._forward_columns(self._im2col(i, b.data), w2, scale, shift, y)
 
@@ -310,12 +310,14 @@ class ConvolutionLayer(Layer):
                   [functools.partial(self._forward_chunk, x, w2, scale, shift, y, lo, hi)
                    for lo, hi in chunks])
 
-    def _forward_chunk(self, x, w2, scale, shift, y, lo, hi):
+    def _forward_chunk(self, x, w2, scale, shift, y, lo, hi, col=None):
+        """Images lo..hi: im2col into `col` (this thread's scratch if None),
+        product and bias add."""
         _, o, p = y.shape
-        _, c, h, w = x.shape
         k = self._col_groups[-1].stop
         m = hi - lo
-        col = thread_scratch("conv_columns", (k, m * p))
+        if col is None:
+            col = thread_scratch("conv_columns", (k, m * p))
         im2col(x[lo:hi], self.geom, col, self._thread_padded(x[lo:hi].shape))
         out = thread_scratch("conv_products", (o, m * p)) if m > 1 else None
         self._forward_columns(col, w2, scale, shift, y[lo:hi], out)
@@ -345,7 +347,9 @@ class ConvolutionLayer(Layer):
     min_chunk_columns = 512
 
     def _kept_chunk(self, i, lo, hi):
-        """Columns (K, (hi-lo)*P) of images lo..hi in bottom i's kept blocks."""
+        """Columns (K, (hi-lo)*P) of images lo..hi in bottom i's kept blocks
+        (allocated on first use: called before the tasks start, never from
+        them, so that two threads cannot each allocate a buffer)."""
         n, _, ho, wo = self._top_shape
         k, p = self._col_groups[-1].stop, ho * wo
         blocks = self._cols.get(i)
@@ -353,24 +357,18 @@ class ConvolutionLayer(Layer):
             blocks = self._cols[i] = np.empty(n * k * p, np.float32)
         return blocks[lo * k * p:hi * k * p].reshape(k, (hi - lo) * p)
 
-    def _forward_kept_chunks(self, i, x, w2, scale, shift, y):
-        step = self._kept_step()
-
-        def chunk(lo, hi):
-            col = self._kept_chunk(i, lo, hi)
-            im2col(x[lo:hi], self.geom, col, self._thread_padded(x[lo:hi].shape))
-            out = thread_scratch("conv_products", (y.shape[1], col.shape[1]))
-            self._forward_columns(col, w2, scale, shift, y[lo:hi], out)
+    def _forward_kept_chunks(self, i, step, x, w2, scale, shift, y):
         run_tasks(("conv kept chunks", x.shape, w2.shape, step),
-                  [functools.partial(chunk, lo, hi) for lo, hi in self._chunks(step)])
+                  [functools.partial(self._forward_chunk, x, w2, scale, shift, y, lo, hi,
+                                     self._kept_chunk(i, lo, hi))
+                   for lo, hi in self._chunks(step)])
         self._col_valid[i] = True
 
-    def _backward_kept_chunks(self, i, dy, b, want_w, want_x):
-        """Backward over the kept chunks: each chunk's weight-gradient term
-        into a slot of its own (summed in chunk order afterwards, so the bits
-        never depend on threads), its column gradient in thread scratch and
-        col2im into its images."""
-        step = self._kept_step()
+    def _backward_kept_chunks(self, i, step, dy, b, want_w, want_x):
+        """Backward over the kept chunks of `step` images: each chunk's
+        weight-gradient term into a slot of its own (summed in chunk order
+        afterwards, so the bits never depend on threads), its column
+        gradient in thread scratch and col2im into its images."""
         chunks = self._chunks(step)
         n, o, p = dy.shape
         k = self._col_groups[-1].stop
@@ -382,15 +380,14 @@ class ConvolutionLayer(Layer):
         terms = self._buffer("_weight_terms", (len(chunks), self.group, w2.shape[1], og_size)) \
             if want_w else None
 
-        def chunk(c, lo, hi):
-            col = self._kept_chunk(i, lo, hi)
+        def chunk(c, lo, hi, col):
             if not valid:
                 im2col(b.data[lo:hi], self.geom, col, self._thread_padded(b.data[lo:hi].shape))
             m = hi - lo
             dy_t = thread_scratch("conv_products", (o, m * p))
             dy_t.reshape(o, m, p)[...] = dy[lo:hi].transpose(1, 0, 2)
-            for g, (og, kg) in enumerate(zip(self._out_groups, self._col_groups)):
-                if want_w:
+            if want_w:
+                for g, (og, kg) in enumerate(zip(self._out_groups, self._col_groups)):
                     np.matmul(col[kg], dy_t[og].T, out=terms[c, g])
             if want_x:
                 dcol = thread_scratch("conv_columns", (k, m * p))
@@ -398,7 +395,8 @@ class ConvolutionLayer(Layer):
                     np.matmul(w2[og].T, dy_t[og], out=dcol[kg])
                 col2im(dcol, self.geom, b.diff[lo:hi], self._thread_padded(b.diff[lo:hi].shape))
         run_tasks(("conv kept chunks backward", b.data.shape, w2.shape, step, want_w, want_x),
-                  [functools.partial(chunk, c, lo, hi) for c, (lo, hi) in enumerate(chunks)])
+                  [functools.partial(chunk, c, lo, hi, self._kept_chunk(i, lo, hi))
+                   for c, (lo, hi) in enumerate(chunks)])
         self._col_valid[i] = True
         if want_w:
             grad = self.blobs[0].diff.reshape(w2.shape)
@@ -436,8 +434,8 @@ class ConvolutionLayer(Layer):
 
     def _backward_columns(self, i, dy, b, want_w, want_x):
         n, o, p = dy.shape
-        if self._kept_step():
-            self._backward_kept_chunks(i, dy, b, want_w, want_x)
+        if (step := self._kept_step()):
+            self._backward_kept_chunks(i, step, dy, b, want_w, want_x)
             return
         col = self._cols[i] if self._col_valid.get(i) else self._im2col(i, b.data)
         if n > 1 and self._per_image():
